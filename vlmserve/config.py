@@ -1,0 +1,37 @@
+"""Engine-level configuration, validated once where it enters (LLM, CLI, server)."""
+
+from dataclasses import dataclass
+
+from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    dtype: str = "auto"
+    device: str = "auto"
+    load_format: str = "auto"
+    transformers_compat: bool = False
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # overrides the memory-based sizing
+    gpu_memory_utilization: float = 0.9  # fraction of GPU memory for weights + KV cache
+    cpu_kv_cache_bytes: int = 2 * GiB  # KV budget when running on the CPU
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int | None = None  # defaults to the model's context, capped by the KV pool
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    def __post_init__(self):
+        positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "cpu_kv_cache_bytes",
+                    "max_image_pixels")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_kv_blocks", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")

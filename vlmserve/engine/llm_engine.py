@@ -1,0 +1,218 @@
+"""The engine core both front ends drive: requests in, one scheduled step at a time, outputs back."""
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from vlmserve.config import EngineConfig
+from vlmserve.engine.block_manager import BlockManager
+from vlmserve.engine.input_processor import InputProcessor, PreparedInput
+from vlmserve.engine.model_runner import ModelRunner
+from vlmserve.engine.outputs import CompletionOutput, RequestOutput
+from vlmserve.engine.scheduler import Scheduler, SchedulerConfig
+from vlmserve.engine.sequence import Sequence
+from vlmserve.models.loader import load_model
+from vlmserve.multimodal.mllama_processor import MllamaImageConfig
+from vlmserve.sampling_params import SamplingParams
+from vlmserve.tokenizer.detokenizer import IncrementalDetokenizer
+from vlmserve.tokenizer.tokenizer import load_tokenizer
+
+
+@dataclass
+class _Completion:
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+    text: str = ""
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prepared: PreparedInput
+    completions: list[_Completion] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return all(c.seq.is_finished for c in self.completions)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        loaded = load_model(config.model, dtype=config.dtype, device=self.device, load_format=config.load_format,
+                            transformers_compat=config.transformers_compat)
+        self.model_config = loaded.config
+        model_dir = Path(config.model)
+        self.tokenizer = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else None)
+        vision = self.model_config.vision
+        image_config = MllamaImageConfig.from_model_dir(
+            model_dir, {"image_size": vision.image_size, "max_num_tiles": vision.max_num_tiles})
+        self.input_processor = InputProcessor(
+            self.tokenizer, image_config, num_embeddings=self.model_config.text.vocab_size + 8,
+            max_image_pixels=config.max_image_pixels)
+        num_blocks = self._num_kv_blocks(loaded.dtype)
+        self.max_model_len = min(config.max_model_len or self.model_config.text.max_position_embeddings,
+                                 num_blocks * config.block_size)
+        self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.device, loaded.dtype)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len),
+            BlockManager(num_blocks, config.block_size))
+        self.eos_token_ids = tuple(sorted(set(self.tokenizer.stop_token_ids) | set(self.model_config.text.eos_token_ids)))
+        self.requests: dict[str, _Request] = {}
+
+    def _num_kv_blocks(self, dtype: torch.dtype) -> int:
+        config = self.config
+        if config.num_kv_blocks:
+            return config.num_kv_blocks
+        per_block = ModelRunner.kv_bytes_per_block(self.model_config, config.block_size, dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - total * (1 - config.gpu_memory_utilization)
+        else:
+            budget = config.cpu_kv_cache_bytes
+        model_len = config.max_model_len or self.model_config.text.max_position_embeddings
+        enough = config.max_num_seqs * -(-model_len // config.block_size)
+        num_blocks = min(int(budget // per_block), enough)
+        if num_blocks < 1:
+            raise ValueError("no memory left for the KV cache; lower the model size or raise the memory budget")
+        return num_blocks
+
+    def add_request(self, request_id: str, prepared: PreparedInput, params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        max_tokens = self._check_length(prepared, params)
+        if max_tokens != params.max_tokens:
+            params = replace(params, max_tokens=max_tokens)
+        stop_ids = tuple(params.stop_token_ids) + (() if params.ignore_eos else self.eos_token_ids)
+        request = _Request(request_id, prepared)
+        for index in range(params.n):
+            seq = Sequence(Sequence.next_id(), request_id, list(prepared.prompt_token_ids), params,
+                           multimodal=prepared.multimodal, index=index, stop_token_ids=stop_ids)
+            detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids,
+                                                 skip_special_tokens=params.skip_special_tokens)
+            request.completions.append(_Completion(seq, detokenizer))
+            self.scheduler.add(seq)
+        self.requests[request_id] = request
+
+    def _check_length(self, prepared: PreparedInput, params: SamplingParams) -> int:
+        """The request's max_tokens, defaulted to the room left in the context; too long raises."""
+        num_prompt = len(prepared.prompt_token_ids)
+        room = self.max_model_len - num_prompt
+        if room < 1:
+            raise ValueError(f"the prompt has {num_prompt} tokens; this model's context holds {self.max_model_len}")
+        if params.max_tokens is None:
+            return room
+        if params.max_tokens > room:
+            raise ValueError(f"max_tokens ({params.max_tokens}) + prompt tokens ({num_prompt}) exceeds the "
+                             f"context length {self.max_model_len}")
+        return params.max_tokens
+
+    def abort_request(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        for completion in request.completions:
+            if not completion.seq.is_finished:
+                completion.seq.finish_reason = "abort"
+                self._release(completion.seq)
+        self.runner.release_request(request_id)
+
+    def prompt_logits(self, prepared: PreparedInput) -> torch.Tensor:
+        """The model's logits [prompt tokens, vocab] at every prompt position (scoring, parity checks)."""
+        request_id = f"score-{Sequence.next_id()}"
+        seq = Sequence(Sequence.next_id(), request_id, list(prepared.prompt_token_ids), SamplingParams(),
+                       multimodal=prepared.multimodal)
+        if not self.scheduler.block_manager.can_allocate(seq):
+            raise ValueError("the KV cache has no room for this prompt now")
+        self.scheduler.block_manager.allocate(seq)
+        try:
+            return self.runner.prefill_logits(seq)
+        finally:
+            self.scheduler.block_manager.free(seq)
+            self.runner.release_request(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduled batch; returns the requests it advanced (finished ones are then dropped)."""
+        seqs, is_prefill = self.scheduler.schedule()
+        if not seqs:
+            return []
+        result = self.runner.run(seqs, is_prefill)
+        touched: dict[str, _Request] = {}
+        for seq, token_id, logprobs in zip(seqs, result.token_ids, result.logprobs):
+            request = self.requests[seq.request_id]
+            self._append_token(request.completions[seq.index], token_id, logprobs)
+            touched[seq.request_id] = request
+        outputs = [self._output(request) for request in touched.values()]
+        for request in touched.values():
+            if request.finished:
+                del self.requests[request.request_id]
+                self.runner.release_request(request.request_id)
+        return outputs
+
+    def _append_token(self, completion: _Completion, token_id: int, logprobs: dict[int, float] | None) -> None:
+        seq = completion.seq
+        seq.num_cached_tokens = seq.num_tokens
+        seq.output_token_ids.append(token_id)
+        if logprobs is not None:
+            seq.output_logprobs.append(logprobs)
+        previous_len = len(completion.text)
+        completion.text += completion.detokenizer.step([token_id])
+        reason = self._finish_reason(completion, token_id, previous_len)
+        if reason is not None:
+            seq.finish_reason = reason
+            self._release(seq)
+
+    def _finish_reason(self, completion: _Completion, token_id: int, previous_len: int) -> str | None:
+        seq, params = completion.seq, completion.seq.params
+        num_outputs = len(seq.output_token_ids)
+        if token_id in seq.stop_token_ids and num_outputs >= params.min_tokens:
+            seq.stop_reason = token_id if token_id in params.stop_token_ids else None
+            return "stop"
+        if params.stop and num_outputs >= params.min_tokens and self._truncate_at_stop(completion, previous_len):
+            return "stop"
+        if num_outputs >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    @staticmethod
+    def _truncate_at_stop(completion: _Completion, previous_len: int) -> bool:
+        """Cut the text at the earliest stop string that this step's text completed."""
+        params, text = completion.seq.params, completion.text
+        search_from = max(0, previous_len - max(len(s) for s in params.stop) + 1)
+        found = ((text.find(s, search_from), s) for s in params.stop)
+        hits = [(position, s) for position, s in found if position >= 0]
+        if not hits:
+            return False
+        position, stop = min(hits)
+        end = position + len(stop) if params.include_stop_str_in_output else position
+        completion.text = text[:end]
+        completion.seq.stop_reason = stop
+        return True
+
+    def _release(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        self.runner.release(seq)
+
+    @staticmethod
+    def _output(request: _Request) -> RequestOutput:
+        outputs = [
+            CompletionOutput(
+                index=c.seq.index, text=c.text, token_ids=list(c.seq.output_token_ids),
+                finish_reason=c.seq.finish_reason, stop_reason=c.seq.stop_reason,
+                logprobs=list(c.seq.output_logprobs) if c.seq.params.logprobs is not None else None,
+            )
+            for c in request.completions
+        ]
+        return RequestOutput(request.request_id, request.prepared.prompt, request.prepared.prompt_token_ids,
+                             outputs, finished=request.finished, num_images=request.prepared.num_images)

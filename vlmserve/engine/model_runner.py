@@ -1,0 +1,168 @@
+"""The one place a step's tensors are made: inputs, slot mapping, cross-attention masks; then forward + sample."""
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmserve.engine.sampler import Sampler, SamplingMetadata
+from vlmserve.engine.sequence import MultiModalInputs, Sequence
+from vlmserve.layers.attention_metadata import AttentionMetadata, CrossAttentionState, SeqCrossInputs
+
+
+@dataclass
+class StepResult:
+    token_ids: list[int]  # one sampled token per scheduled sequence
+    logprobs: list[dict[int, float] | None]  # per sequence: sampled + top tokens, when asked for
+
+
+class ModelRunner:
+    def __init__(self, model, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype):
+        self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.block_size, self.num_blocks = block_size, num_blocks
+        self.vocab_size = model.config.text.vocab_size
+        self.sampler = Sampler()
+        self.cross_states: dict[str, CrossAttentionState] = {}
+        self.generators: dict[int, torch.Generator] = {}
+        self._allocate_kv_cache()
+
+    def _allocate_kv_cache(self) -> None:
+        text = self.model.config.text
+        layers = self.model.self_attention_layers
+        shape = (len(layers), 2, self.num_blocks, self.block_size, text.num_key_value_heads, text.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        for i, layer in enumerate(layers):
+            layer.bind_cache(self.kv_cache[i, 0], self.kv_cache[i, 1])
+
+    @staticmethod
+    def kv_bytes_per_block(config, block_size: int, dtype: torch.dtype) -> int:
+        text = config.text
+        num_layers = len(text.self_attention_layers)
+        elem = torch.empty((), dtype=dtype).element_size()
+        return num_layers * 2 * block_size * text.num_key_value_heads * text.head_dim * elem
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> StepResult:
+        input_ids, positions, metadata, last_indices = self._prepare(seqs, is_prefill)
+        hidden = self.model(input_ids, positions, metadata)
+        logits = self.model.compute_logits(hidden[last_indices])
+        return self._sample(seqs, logits)
+
+    @torch.inference_mode()
+    def prefill_logits(self, seq: Sequence) -> torch.Tensor:
+        """Logits [new tokens, vocab] at every position a prefill of `seq` computes."""
+        input_ids, positions, metadata, _ = self._prepare([seq], is_prefill=True)
+        return self.model.compute_logits(self.model(input_ids, positions, metadata))
+
+    def release(self, seq: Sequence) -> None:
+        self.generators.pop(seq.seq_id, None)
+
+    def release_request(self, request_id: str) -> None:
+        """Free a request's vision K/V once none of its sequences needs it."""
+        self.cross_states.pop(request_id, None)
+
+    def _prepare(self, seqs: list[Sequence], is_prefill: bool):
+        input_ids, positions, slots, query_start_loc, cross = [], [], [], [0], []
+        for seq in seqs:
+            start = seq.num_cached_tokens if is_prefill else seq.num_tokens - 1
+            seq_positions = list(range(start, seq.num_tokens))
+            input_ids.extend(seq.all_token_ids[start:])
+            positions.extend(seq_positions)
+            slots.extend(seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                         for p in seq_positions)
+            query_start_loc.append(len(input_ids))
+            cross.append(self._cross_inputs(seq, seq_positions) if seq.multimodal else None)
+        max_blocks = max(len(seq.block_table) for seq in seqs)
+        block_tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in seqs]
+        metadata = AttentionMetadata(
+            query_start_loc=query_start_loc,
+            seq_lens=[seq.num_tokens for seq in seqs],
+            block_tables=self._tensor(block_tables),
+            slot_mapping=self._tensor(slots),
+            cross=cross,
+        )
+        last_indices = self._tensor([end - 1 for end in query_start_loc[1:]])
+        return self._tensor(input_ids), self._tensor(positions), metadata, last_indices
+
+    def _tensor(self, values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
+
+    def _cross_inputs(self, seq: Sequence, positions: list[int]) -> SeqCrossInputs:
+        state = self.cross_states.get(seq.request_id)
+        if state is None:
+            state = self._encode(seq.multimodal)
+            self.cross_states[seq.request_id] = state
+        mask, attn_row_scale, mlp_row_scale = self._cross_mask(seq.multimodal, positions, seq.num_prompt_tokens)
+        return SeqCrossInputs(state, mask, attn_row_scale, mlp_row_scale)
+
+    def _encode(self, mm: MultiModalInputs) -> CrossAttentionState:
+        return self.model.encode_images(
+            mm.pixel_values.to(self.device, self.dtype),
+            mm.aspect_ratio_ids.to(self.device),
+            mm.aspect_ratio_mask.to(self.device),
+        )
+
+    def _cross_mask(self, mm: MultiModalInputs, positions: list[int], prompt_len: int):
+        """Which vision tokens each new token sees; generated tokens see what the last prompt token saw.
+
+        Returns the mask [q, vision_tokens] and the attention and MLP row scales [q, 1].
+        """
+        num_patches = self.model.config.vision.num_patches
+        max_tiles = mm.pixel_values.shape[1]
+        pos = self._tensor(positions).clamp(max=prompt_len - 1)[:, None]  # [q, 1]
+        starts = self._tensor([r[0] for r in mm.token_ranges])[None, :]
+        ends = self._tensor([r[1] for r in mm.token_ranges])[None, :]
+        sees_image = (pos >= starts) & (pos < ends)  # [q, images]
+        real_tile = torch.arange(max_tiles, device=self.device)[None, :] < self._tensor(mm.num_tiles)[:, None]
+        mask = sees_image[:, :, None, None] & real_tile[None, :, :, None]
+        mask = mask.expand(-1, -1, -1, num_patches).reshape(len(positions), -1)  # [q, images*tiles*patches]
+        sees_any = sees_image.any(dim=1, keepdim=True)
+        # A row that sees no image attends to everything (no NaN); its output is then kept (transformers 5.x)
+        # or zeroed (Meta's reference).
+        mask = mask | ~sees_any
+        row_scale = sees_any.to(self.dtype)
+        attn_row_scale = torch.ones_like(row_scale) if self.model.transformers_compat else row_scale
+        return mask, attn_row_scale, row_scale
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> StepResult:
+        metadata = SamplingMetadata.build(
+            [seq.params for seq in seqs],
+            [seq.prompt_token_ids for seq in seqs],
+            [seq.output_token_ids for seq in seqs],
+            [self._generator(seq) for seq in seqs],
+            self.vocab_size,
+            self.device,
+            banned_token_ids=[self._banned_tokens(seq) for seq in seqs],
+        )
+        out = self.sampler(logits, metadata)
+        token_ids = out.sampled_token_ids.tolist()
+        return StepResult(token_ids=token_ids, logprobs=self._logprobs(seqs, token_ids, out.logprobs))
+
+    def _generator(self, seq: Sequence) -> torch.Generator | None:
+        """A per-sequence generator when the request is seeded: its draws depend on nothing else."""
+        if seq.params.seed is None:
+            return None
+        if seq.seq_id not in self.generators:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed((seq.params.seed * 1_000_003 + seq.index) % (1 << 63))
+            self.generators[seq.seq_id] = generator
+        return self.generators[seq.seq_id]
+
+    @staticmethod
+    def _banned_tokens(seq: Sequence) -> list[int]:
+        return list(seq.stop_token_ids) if len(seq.output_token_ids) < seq.params.min_tokens else []
+
+    @staticmethod
+    def _logprobs(seqs: list[Sequence], token_ids: list[int], logprobs) -> list[dict[int, float] | None]:
+        if logprobs is None:
+            return [None] * len(seqs)
+        sampled, top_ids, top_values = (t.tolist() for t in logprobs)
+        result = []
+        for i, seq in enumerate(seqs):
+            k = seq.params.logprobs
+            if k is None:
+                result.append(None)
+                continue
+            entry = dict(zip(top_ids[i][:k], top_values[i][:k]))
+            entry[token_ids[i]] = sampled[i]
+            result.append(entry)
+        return result

@@ -1,0 +1,69 @@
+"""A request's sequence: its tokens, its KV blocks and where it stands. Pure Python (no torch)."""
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlmserve.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class MultiModalInputs:
+    """A prompt's images, ready for the vision encoder, and which tokens attend to which image."""
+
+    pixel_values: Any  # [images, tiles, 3, H, W] tensor
+    aspect_ratio_ids: Any  # [images]
+    aspect_ratio_mask: Any  # [images, tiles]
+    num_tiles: list[int]
+    token_ranges: list[tuple[int, int]]  # per image: half-open prompt positions that attend to it
+    content_hashes: list[str]
+
+
+@dataclass
+class Sequence:
+    seq_id: int
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    multimodal: MultiModalInputs | None = None
+    index: int = 0  # which of the request's n completions
+    stop_token_ids: tuple[int, ...] = ()  # tokens that end this sequence (EOS unless ignore_eos, plus stop_token_ids)
+    output_token_ids: list[int] = field(default_factory=list)
+    output_logprobs: list[dict[int, float]] = field(default_factory=list)
+    block_table: list[int] = field(default_factory=list)
+    num_cached_tokens: int = 0  # tokens whose K/V is already in the cache
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    _ids = itertools.count()
+
+    @classmethod
+    def next_id(cls) -> int:
+        return next(cls._ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def num_blocks_needed(self, block_size: int) -> int:
+        return -(-self.num_tokens // block_size)

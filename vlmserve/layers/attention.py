@@ -1,0 +1,52 @@
+"""Attention cores: paged causal self-attention and cross-attention over per-request vision K/V."""
+
+import torch
+from torch import nn
+
+from vlmserve.kernels.attention_ref import masked_attention, paged_attention, write_kv_cache
+from vlmserve.layers.attention_metadata import AttentionMetadata
+
+
+class PagedAttention(nn.Module):
+    """Writes the step's K/V into this layer's paged cache, then attends over each sequence's context."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim**-0.5
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def bind_cache(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        """Attach this layer's [num_blocks, block_size, kv_heads, head_dim] caches (done once by the runner)."""
+        self.k_cache, self.v_cache = k_cache, v_cache
+
+    def forward(self, q, k, v, metadata: AttentionMetadata) -> torch.Tensor:
+        """q [T, heads, d], k/v [T, kv_heads, d] -> [T, heads, d]."""
+        write_kv_cache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
+        return paged_attention(
+            q, self.k_cache, self.v_cache, metadata.block_tables, metadata.seq_lens, metadata.query_start_loc,
+            self.scale,
+        )
+
+
+def cross_attention(q: torch.Tensor, layer_idx: int, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Each sequence's queries [T, heads, d] over its own vision K/V; rows of sequences without images get 0."""
+    out = torch.zeros_like(q)
+    for i, cross in enumerate(metadata.cross):
+        if cross is None:
+            continue
+        start, end = metadata.query_start_loc[i], metadata.query_start_loc[i + 1]
+        k, v = cross.state.kv[layer_idx]
+        attended = masked_attention(q[start:end], k, v, cross.mask, scale)
+        out[start:end] = attended * cross.attn_row_scale[:, :, None]
+    return out
+
+
+def cross_mlp_row_scale(metadata: AttentionMetadata, num_tokens: int, like: torch.Tensor) -> torch.Tensor:
+    """[T, 1]: 1 for rows that see an image, 0 elsewhere (their cross-layer MLP output is dropped)."""
+    scale = torch.zeros(num_tokens, 1, dtype=like.dtype, device=like.device)
+    for i, cross in enumerate(metadata.cross):
+        if cross is not None:
+            scale[metadata.query_start_loc[i] : metadata.query_start_loc[i + 1]] = cross.mlp_row_scale
+    return scale

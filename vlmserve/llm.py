@@ -1,0 +1,71 @@
+"""The offline Python API: `LLM(model).generate(prompts)` / `.chat(conversations)`."""
+
+import itertools
+from collections.abc import Sequence as SequenceABC
+
+from tqdm import tqdm
+
+from vlmserve.config import EngineConfig
+from vlmserve.engine.input_processor import PreparedInput
+from vlmserve.engine.llm_engine import LLMEngine
+from vlmserve.engine.outputs import RequestOutput
+from vlmserve.sampling_params import SamplingParams
+
+
+class LLM:
+    """Loads a model directory and runs batches of prompts or conversations through the engine.
+
+    `transformers_compat=True` reproduces transformers 5.x where it departs from Meta's reference
+    (vision intermediate features, cross-attention of text before the first image); the default follows Meta.
+    Other keyword arguments are `EngineConfig` fields (block_size, num_kv_blocks, max_num_seqs, ...).
+    """
+
+    def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", load_format: str = "auto",
+                 transformers_compat: bool = False, **engine_options):
+        config = EngineConfig(model=str(model), dtype=dtype, device=device, load_format=load_format,
+                              transformers_compat=transformers_compat, **engine_options)
+        self.engine = LLMEngine(config)
+        self._request_ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts, sampling_params=None, *, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Each prompt: a string, {"prompt": str, "images": [...]} or {"prompt_token_ids": [...], "images": [...]}."""
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prepared = [self.engine.input_processor.process_prompt(p) for p in prompts]
+        return self._run(prepared, sampling_params, use_tqdm)
+
+    def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True, add_generation_prompt: bool = True,
+             continue_final_message: bool = False, date_string: str | None = None) -> list[RequestOutput]:
+        """One conversation (a list of OpenAI-style messages) or a list of them."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        options = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+                       date_string=date_string)
+        prepared = [self.engine.input_processor.process_chat(c, **options) for c in conversations]
+        return self._run(prepared, sampling_params, use_tqdm)
+
+    def _run(self, prepared: list[PreparedInput], sampling_params, use_tqdm: bool) -> list[RequestOutput]:
+        params = _per_prompt(sampling_params, len(prepared))
+        ids = [str(next(self._request_ids)) for _ in prepared]
+        for request_id, inputs, p in zip(ids, prepared, params):
+            self.engine.add_request(request_id, inputs, p)
+        finished: dict[str, RequestOutput] = {}
+        with tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm) as progress:
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished:
+                        finished[output.request_id] = output
+                        progress.update(1)
+        return [finished[i] for i in ids]
+
+
+def _per_prompt(sampling_params, count: int) -> list[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams()] * count
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * count
+    if isinstance(sampling_params, SequenceABC) and len(sampling_params) == count:
+        return list(sampling_params)
+    raise ValueError("sampling_params must be one SamplingParams or a list with one per prompt")

@@ -1,0 +1,153 @@
+"""Load a Hugging Face model directory into our model: safetensors shard by shard, straight into parameters.
+
+The model is built on the meta device and materialised once, so peak host memory is the model plus the
+tensor being copied. Every check (files present, names known, shapes equal, nothing missing) either passes
+or raises with the offending name: a half-loaded model is never returned.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from vlmserve.models.mllama_config import ConfigError
+from vlmserve.models.registry import resolve_model_family
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+
+# transformers 5.x in-memory names -> the Hub names our modules carry.
+_NAME_PREFIXES = (
+    ("model.language_model.", "language_model.model."),
+    ("model.vision_model.", "vision_model."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("lm_head.", "language_model.lm_head."),
+)
+
+
+class WeightLoadError(RuntimeError):
+    """A checkpoint whose files or tensors do not match the model its config describes."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: object
+    dtype: torch.dtype
+
+
+def read_config(model_dir: str | os.PathLike) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"no config.json in model directory {str(model_dir)!r}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+
+
+def resolve_dtype(dtype: str | torch.dtype, config_dtype: str | None) -> torch.dtype:
+    """'auto' takes the checkpoint's dtype (bfloat16 when it names none)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = (config_dtype or "bfloat16") if dtype == "auto" else dtype
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use 'auto', 'bfloat16', 'float16' or 'float32'")
+    return DTYPES[name]
+
+
+def hub_name(name: str) -> str:
+    for prefix, replacement in _NAME_PREFIXES:
+        if name.startswith(prefix):
+            return replacement + name[len(prefix):]
+    return name
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a directory, from its index when sharded; missing shards raise by name."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (model_dir / "model.safetensors").is_file():
+        names = ["model.safetensors"]
+    else:
+        raise WeightLoadError(f"no model.safetensors or model.safetensors.index.json in {str(model_dir)!r}")
+    missing = [n for n in names if not (model_dir / n).is_file()]
+    if missing:
+        raise WeightLoadError(f"checkpoint shard {missing[0]!r} listed in the index is missing from {model_dir}")
+    return [model_dir / n for n in names]
+
+
+def load_weights(model: nn.Module, files: list[Path]) -> None:
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as shard:
+                for key in shard.keys():
+                    _copy_tensor(params, hub_name(key), shard.get_tensor(key))
+                    loaded.add(hub_name(key))
+        except WeightLoadError:
+            raise
+        except Exception as err:  # safetensors raises plain errors for corrupt or truncated files
+            raise WeightLoadError(f"cannot read checkpoint shard {path.name!r}: {err}") from None
+    missing = sorted(set(params) - loaded)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise WeightLoadError(f"checkpoint is missing tensor {missing[0]!r}{more}")
+
+
+def _copy_tensor(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor) -> None:
+    if name not in params:
+        raise WeightLoadError(f"checkpoint tensor {name!r} does not belong to this model")
+    param = params[name]
+    if tuple(param.shape) != tuple(tensor.shape):
+        raise WeightLoadError(
+            f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(param.shape)}"
+        )
+    with torch.no_grad():
+        param.copy_(tensor)
+
+
+def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
+    """Random weights of the real shapes (benchmarks): small uniform values keep activations finite."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            values = torch.empty(param.shape, dtype=torch.float32).uniform_(-1e-2, 1e-2, generator=generator)
+            param.copy_(values)
+
+
+def load_model(
+    model_dir: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    load_format: str = "auto",
+    transformers_compat: bool = False,
+) -> LoadedModel:
+    """Build the model a directory's config.json describes and fill it from its safetensors files."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"unsupported load_format {load_format!r}; use one of {', '.join(LOAD_FORMATS)}")
+    model_dir = Path(model_dir)
+    raw = read_config(model_dir)
+    family = resolve_model_family(raw.get("model_type"))
+    config = family.parse_config(raw)
+    torch_dtype = resolve_dtype(dtype, config.dtype)
+    files = checkpoint_files(model_dir) if load_format != "dummy" else []
+    with torch.device("meta"):
+        model = family.model_class(config, transformers_compat=transformers_compat)
+    model = model.to(torch_dtype).to_empty(device=device)
+    for module in model.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers()
+    if load_format == "dummy":
+        init_dummy_weights(model)
+    else:
+        load_weights(model, files)
+    return LoadedModel(model=model.eval(), config=config, dtype=torch_dtype)

@@ -1,0 +1,171 @@
+"""Llama 3.2 Vision (Mllama): vision encoder -> projector -> Llama 3 decoder with gated cross-attention layers.
+
+The decoder runs on a flat batch (the new tokens of every sequence concatenated) over a paged KV cache.
+Module names follow the Hub checkpoint, so loading is a straight name match.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmserve.layers.attention import PagedAttention, cross_attention, cross_mlp_row_scale
+from vlmserve.layers.attention_metadata import AttentionMetadata, CrossAttentionState
+from vlmserve.layers.layernorm import RMSNorm
+from vlmserve.layers.rotary_embedding import RotaryEmbedding
+from vlmserve.models.mllama_config import MllamaConfig, MllamaTextConfig
+from vlmserve.models.mllama_vision import MllamaVisionModel
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
+
+
+class TextMLP(nn.Module):
+    def __init__(self, config: MllamaTextConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TextSelfAttention(nn.Module):
+    def __init__(self, config: MllamaTextConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.rotary_emb = RotaryEmbedding(self.head_dim, config.rope)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
+
+    def forward(self, positions, x, metadata: AttentionMetadata) -> torch.Tensor:
+        q = self.q_proj(x).view(-1, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(-1, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(-1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, metadata).flatten(1))
+
+
+class TextCrossAttention(nn.Module):
+    """Queries from text, keys/values from the projected vision states; q/k RMS-normed per head, no RoPE."""
+
+    def __init__(self, config: MllamaTextConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def vision_kv(self, vision_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[vision_tokens, hidden] -> k, v [vision_tokens, kv_heads, head_dim]."""
+        k = self.k_norm(self.k_proj(vision_states).view(-1, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(vision_states).view(-1, self.num_kv_heads, self.head_dim)
+        return k, v
+
+    def forward(self, x, layer_idx: int, metadata: AttentionMetadata) -> torch.Tensor:
+        q = self.q_norm(self.q_proj(x).view(-1, self.num_heads, self.head_dim))
+        return self.o_proj(cross_attention(q, layer_idx, metadata, self.head_dim**-0.5).flatten(1))
+
+
+class SelfAttentionDecoderLayer(nn.Module):
+    def __init__(self, config: MllamaTextConfig):
+        super().__init__()
+        self.self_attn = TextSelfAttention(config)
+        self.mlp = TextMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions, x, metadata: AttentionMetadata) -> torch.Tensor:
+        x = x + self.self_attn(positions, self.input_layernorm(x), metadata)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class CrossAttentionDecoderLayer(nn.Module):
+    """Gated cross-attention block; rows that see no image keep their input (the MLP branch is dropped)."""
+
+    def __init__(self, config: MllamaTextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.cross_attn = TextCrossAttention(config)
+        self.mlp = TextMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.cross_attn_attn_gate = nn.Parameter(torch.zeros(1))
+        self.cross_attn_mlp_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, positions, x, metadata: AttentionMetadata) -> torch.Tensor:
+        if not metadata.has_cross:
+            return x
+        attn = self.cross_attn(self.input_layernorm(x), self.layer_idx, metadata)
+        x = x + self.cross_attn_attn_gate.tanh() * attn
+        mlp = self.mlp(self.post_attention_layernorm(x)) * cross_mlp_row_scale(metadata, x.shape[0], x)
+        return x + self.cross_attn_mlp_gate.tanh() * mlp
+
+
+class MllamaTextModel(nn.Module):
+    def __init__(self, config: MllamaTextConfig):
+        super().__init__()
+        # 8 extra rows past the vocabulary: <|image|> (128256) is embedded like any other token.
+        self.embed_tokens = nn.Embedding(config.vocab_size + 8, config.hidden_size)
+        self.layers = nn.ModuleList(
+            CrossAttentionDecoderLayer(config, i) if i in config.cross_attention_layers
+            else SelfAttentionDecoderLayer(config)
+            for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids, positions, metadata: AttentionMetadata) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(positions, x, metadata)
+        return self.norm(x)
+
+
+class MllamaForCausalLM(nn.Module):
+    def __init__(self, config: MllamaTextConfig):
+        super().__init__()
+        self.model = MllamaTextModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+
+class MllamaForConditionalGeneration(nn.Module):
+    """The whole model. `transformers_compat` reproduces transformers 5.x where it departs from Meta."""
+
+    def __init__(self, config: MllamaConfig, transformers_compat: bool = False):
+        super().__init__()
+        self.config = config
+        self.transformers_compat = transformers_compat
+        self.vision_model = MllamaVisionModel(config.vision, intermediate_as_layer_input=not transformers_compat)
+        self.multi_modal_projector = nn.Linear(config.vision.vision_output_dim, config.text.hidden_size)
+        self.language_model = MllamaForCausalLM(config.text)
+
+    @property
+    def self_attention_layers(self) -> list[PagedAttention]:
+        """The paged-attention cores, in layer order (the runner binds one KV cache to each)."""
+        return [layer.self_attn.attn for layer in self.language_model.model.layers
+                if isinstance(layer, SelfAttentionDecoderLayer)]
+
+    def encode_images(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> CrossAttentionState:
+        """One request's images [images, tiles, 3, H, W] -> vision K/V for every cross-attention layer."""
+        features = self.vision_model(pixel_values, aspect_ratio_ids, aspect_ratio_mask)
+        states = self.multi_modal_projector(features).flatten(0, 2)  # [images*tiles*patches, hidden]
+        kv = {layer.layer_idx: layer.cross_attn.vision_kv(states)
+              for layer in self.language_model.model.layers if isinstance(layer, CrossAttentionDecoderLayer)}
+        return CrossAttentionState(kv=kv)
+
+    def forward(self, input_ids, positions, metadata: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> final hidden states [T, hidden]."""
+        return self.language_model.model(input_ids, positions, metadata)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.language_model.lm_head(hidden_states).float()

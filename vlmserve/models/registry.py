@@ -1,0 +1,28 @@
+"""model_type -> (config parser, model class): the one place a new model family is plugged in."""
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from vlmserve.models.mllama import MllamaForConditionalGeneration
+from vlmserve.models.mllama_config import ConfigError, parse_mllama_config
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    parse_config: Callable[[dict[str, Any]], Any]
+    model_class: type[nn.Module]
+
+
+MODEL_FAMILIES: dict[str, ModelFamily] = {
+    "mllama": ModelFamily(parse_mllama_config, MllamaForConditionalGeneration),
+}
+
+
+def resolve_model_family(model_type: str | None) -> ModelFamily:
+    if model_type not in MODEL_FAMILIES:
+        raise ConfigError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(MODEL_FAMILIES))}"
+        )
+    return MODEL_FAMILIES[model_type]
