@@ -35,8 +35,9 @@ class PreparedInput:
 
 class InputProcessor:
     def __init__(self, tokenizer: Tokenizer, image_config: MllamaImageConfig, *, num_embeddings: int,
-                 max_image_pixels: int):
+                 image_token_id: int, max_image_pixels: int):
         self.tokenizer = tokenizer
+        self.image_token_id = image_token_id  # the model config's, which a test checkpoint may move
         self.image_config = image_config
         self.num_embeddings = num_embeddings
         self.max_image_pixels = max_image_pixels
@@ -71,7 +72,7 @@ class InputProcessor:
         bad = [t for t in token_ids if not (isinstance(t, int) and 0 <= t < self.num_embeddings)]
         if bad:
             raise InputError(f"prompt token id {bad[0]!r} is outside the model's vocabulary [0, {self.num_embeddings})")
-        num_markers = token_ids.count(self.tokenizer.image_token_id)
+        num_markers = token_ids.count(self.image_token_id)
         if num_markers != len(image_sources):
             raise InputError(
                 f"the prompt has {num_markers} {IMAGE} marker(s) but {len(image_sources)} image(s) were given"
@@ -88,7 +89,7 @@ class InputProcessor:
             aspect_ratio_ids=aspect_ratio_ids,
             aspect_ratio_mask=aspect_ratio_mask,
             num_tiles=[p.num_tiles for p in processed],
-            token_ranges=cross_attention_token_ranges(token_ids, self.tokenizer.image_token_id),
+            token_ranges=cross_attention_token_ranges(token_ids, self.image_token_id),
             content_hashes=[image_content_hash(image) for image in images],
         )
 

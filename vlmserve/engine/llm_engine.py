@@ -57,7 +57,7 @@ class LLMEngine:
             model_dir, {"image_size": vision.image_size, "max_num_tiles": vision.max_num_tiles})
         self.input_processor = InputProcessor(
             self.tokenizer, image_config, num_embeddings=self.model_config.text.vocab_size + 8,
-            max_image_pixels=config.max_image_pixels)
+            image_token_id=self.model_config.image_token_index, max_image_pixels=config.max_image_pixels)
         num_blocks = self._num_kv_blocks(loaded.dtype)
         self.max_model_len = min(config.max_model_len or self.model_config.text.max_position_embeddings,
                                  num_blocks * config.block_size)
