@@ -170,6 +170,8 @@ class LLMEngine:
         completion.text += completion.detokenizer.step([token_id])
         reason = self._finish_reason(completion, token_id, previous_len)
         if reason is not None:
+            if not isinstance(seq.stop_reason, str):  # text cut at a stop string keeps nothing after it
+                completion.text += completion.detokenizer.flush()
             seq.finish_reason = reason
             self._release(seq)
 

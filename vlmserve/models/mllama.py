@@ -30,16 +30,21 @@ class TextMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+def _add_attention_projections(module: nn.Module, config: MllamaTextConfig) -> None:
+    """q/k/v/o projections (no bias) shared by the self- and cross-attention blocks."""
+    module.num_heads, module.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+    module.head_dim = config.head_dim
+    hidden, q_dim, kv_dim = config.hidden_size, module.num_heads * module.head_dim, module.num_kv_heads * module.head_dim
+    module.q_proj = nn.Linear(hidden, q_dim, bias=False)
+    module.k_proj = nn.Linear(hidden, kv_dim, bias=False)
+    module.v_proj = nn.Linear(hidden, kv_dim, bias=False)
+    module.o_proj = nn.Linear(q_dim, hidden, bias=False)
+
+
 class TextSelfAttention(nn.Module):
     def __init__(self, config: MllamaTextConfig):
         super().__init__()
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = config.head_dim
-        hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        _add_attention_projections(self, config)
         self.rotary_emb = RotaryEmbedding(self.head_dim, config.rope)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
 
@@ -56,13 +61,7 @@ class TextCrossAttention(nn.Module):
 
     def __init__(self, config: MllamaTextConfig):
         super().__init__()
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = config.head_dim
-        hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        _add_attention_projections(self, config)
         self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
