@@ -22,6 +22,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int | None = None  # defaults to the model's context, capped by the KV pool
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    enable_prefix_caching: bool = True
 
     def __post_init__(self):
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "cpu_kv_cache_bytes",

@@ -1,65 +1,76 @@
-"""Block manager and scheduler: pure-Python bookkeeping, no model."""
+"""Scheduler: token budget, chunked prefill, prefix hits and preemption. Pure Python, no model."""
 
 from vlmserve.engine.block_manager import BlockManager
-from vlmserve.engine.scheduler import Scheduler, SchedulerConfig
+from vlmserve.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from vlmserve.engine.sequence import Sequence, SequenceStatus
 from vlmserve.sampling_params import SamplingParams
 
 
-def make_seq(num_prompt: int, request_id: str = "r") -> Sequence:
-    return Sequence(Sequence.next_id(), request_id, list(range(num_prompt)), SamplingParams())
+def make_seq(num_prompt: int, request_id: str = "r", first_token: int = 0) -> Sequence:
+    tokens = list(range(first_token, first_token + num_prompt))
+    return Sequence(Sequence.next_id(), request_id, tokens, SamplingParams())
 
 
-def test_block_manager_allocates_ceil_blocks_and_frees_them():
-    manager = BlockManager(num_blocks=10, block_size=4)
-    seq = make_seq(9)
-    assert manager.can_allocate(seq)
-    manager.allocate(seq)
-    assert len(seq.block_table) == 3 and manager.num_free_blocks == 7
-    seq.output_token_ids += [1, 2, 3]  # 12 tokens still fit in 3 blocks
-    manager.allocate(seq)
-    assert len(seq.block_table) == 3
-    seq.output_token_ids.append(4)  # the 13th token needs a 4th block
-    manager.allocate(seq)
-    assert len(seq.block_table) == 4 and manager.num_free_blocks == 6
-    manager.free(seq)
-    assert manager.num_free_blocks == 10 and seq.block_table == []
+def complete(batch: ScheduledBatch) -> None:
+    """What the engine does after a step: the tokens are computed; a sequence that reached its end samples."""
+    for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+        seq.num_computed_tokens += num_new
+        if seq.num_computed_tokens == seq.num_tokens:
+            seq.output_token_ids.append(1)
 
 
-def test_prefills_respect_token_budget_then_decode_everything():
-    scheduler = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=10), BlockManager(100, 4))
-    seqs = [make_seq(6, f"r{i}") for i in range(3)]
+def scheduled(batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
+    return list(zip(batch.seqs, batch.num_new_tokens))
+
+
+def test_long_prompt_is_chunked_while_decodes_keep_running():
+    scheduler = Scheduler(SchedulerConfig(max_num_batched_tokens=8), BlockManager(100, 4))
+    short, long = make_seq(3, "short"), make_seq(20, "long", first_token=100)
+    scheduler.add(short)
+    scheduler.add(long)
+    first = scheduler.schedule()
+    assert scheduled(first) == [(short, 3), (long, 5)]
+    complete(first)
+    for expected_chunk in (7, 7, 1):  # the decode takes 1 token of the 8, the prompt the rest
+        batch = scheduler.schedule()
+        assert scheduled(batch) == [(short, 1), (long, expected_chunk)]
+        complete(batch)
+    assert long.output_token_ids == [1] and len(short.output_token_ids) == 4
+    assert scheduled(scheduler.schedule()) == [(short, 1), (long, 1)]
+
+
+def test_max_num_seqs_limits_admissions():
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=2), BlockManager(100, 4))
+    seqs = [make_seq(3, f"r{i}", first_token=10 * i) for i in range(3)]
     for seq in seqs:
         scheduler.add(seq)
-    first, is_prefill = scheduler.schedule()
-    assert is_prefill and first == seqs[:1]  # a second 6-token prompt would exceed 10 tokens
-    second, _ = scheduler.schedule()
-    assert second == seqs[1:2]
-    third, _ = scheduler.schedule()
-    assert third == seqs[2:3]
-    decode, is_prefill = scheduler.schedule()
-    assert not is_prefill and decode == seqs
+    assert scheduler.schedule().seqs == seqs[:2] and list(scheduler.waiting) == seqs[2:]
 
 
-def test_oversized_single_prompt_still_prefills_alone():
-    scheduler = Scheduler(SchedulerConfig(max_num_batched_tokens=4), BlockManager(100, 4))
-    seq = make_seq(9)
-    scheduler.add(seq)
-    assert scheduler.schedule() == ([seq], True)
+def test_admission_takes_the_cached_prefix():
+    manager = BlockManager(100, 4)
+    scheduler = Scheduler(SchedulerConfig(), manager)
+    first = make_seq(10)
+    scheduler.add(first)
+    complete(scheduler.schedule())
+    second = make_seq(10, "again")
+    scheduler.add(second)
+    batch = scheduler.schedule()
+    assert scheduled(batch) == [(first, 1), (second, 2)]  # 8 of its 10 tokens are cached
+    assert second.block_table[:2] == first.block_table[:2]
+    assert manager.stats.hit_tokens == 8
 
 
 def test_preemption_frees_blocks_and_requeues_newest_first():
     manager = BlockManager(num_blocks=4, block_size=4)
     scheduler = Scheduler(SchedulerConfig(), manager)
-    old, new = make_seq(8, "old"), make_seq(8, "new")
+    old, new = make_seq(8, "old"), make_seq(8, "new", first_token=100)
     scheduler.add(old)
     scheduler.add(new)
-    assert scheduler.schedule() == ([old, new], True)
-    old.output_token_ids.append(1)  # both need a third block; only 0 free
-    new.output_token_ids.append(1)
-    decode, _ = scheduler.schedule()
-    assert decode == [old]
-    assert new.status is SequenceStatus.WAITING and new.block_table == []
+    complete(scheduler.schedule())  # both prefilled, each has a 9th token: both need a third block
+    decode = scheduler.schedule()
+    assert scheduled(decode) == [(old, 1)]
+    assert new.status is SequenceStatus.WAITING and new.block_table == [] and new.num_computed_tokens == 0
     assert scheduler.waiting[0] is new and scheduler.num_preemptions == 1
 
 

@@ -1,29 +1,132 @@
-"""Hands out fixed-size KV-cache blocks to sequences. Pure Python (no torch)."""
+"""Hands out fixed-size KV-cache blocks to sequences and shares full blocks between them. Pure Python (no torch).
 
-from collections import deque
+Prefix caching: a full block is keyed by a hash chain over the tokens up to its end and the images those
+tokens may attend to, so two sequences with the same image + text prefix map to the same physical blocks.
+Blocks are reference-counted; a block nobody holds goes to the free queue but keeps its contents and key until
+it is handed out again, so a later request (or a preempted one coming back) can still find it. The free queue
+is least-recently-freed first, and a sequence's tail blocks are freed before its head.
+"""
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from vlmserve.engine.sequence import Sequence
 
 
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    key: bytes | None = None  # prefix-cache key while the block holds a registered full block
+
+
+@dataclass
+class PrefixCacheStats:
+    queried_tokens: int = 0  # prompt tokens looked up when a sequence was first scheduled
+    hit_tokens: int = 0  # of those, tokens found in cached blocks (their K/V not recomputed)
+
+
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True,
+                 key_every_image: bool = False):
         self.num_blocks, self.block_size = num_blocks, block_size
-        self.free_block_ids: deque[int] = deque(range(num_blocks))
+        self.enable_prefix_caching = enable_prefix_caching
+        self.key_every_image = key_every_image  # see Sequence.image_keys
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.cached: dict[bytes, int] = {}  # key -> block id
+        self.stats = PrefixCacheStats()
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_block_ids)
+        return len(self.free_ids)
 
-    def can_allocate(self, seq: Sequence) -> bool:
-        """Enough free blocks to hold every token the sequence has (prompt, outputs, the one being fed)."""
-        return seq.num_blocks_needed(self.block_size) - len(seq.block_table) <= self.num_free_blocks
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
 
-    def allocate(self, seq: Sequence) -> None:
-        """Give the sequence enough blocks for all its current tokens."""
-        while len(seq.block_table) < seq.num_blocks_needed(self.block_size):
-            seq.block_table.append(self.free_block_ids.popleft())
+    def cached_prefix(self, seq: Sequence) -> list[int]:
+        """Block ids holding the longest cached prefix of a sequence that holds no blocks yet.
+
+        At least the last token is left out, so a step always computes something to sample from.
+        """
+        if not self.enable_prefix_caching or seq.block_table:
+            return []
+        hits = []
+        for index in range((seq.num_tokens - 1) // self.block_size):
+            block_id = self.cached.get(self._block_key(seq, index))
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
+
+    def can_allocate(self, seq: Sequence, num_tokens: int, hits: list[int] = ()) -> bool:
+        """Whether the sequence can hold `num_tokens` tokens, taking the cached blocks `hits` first."""
+        new_blocks = self.blocks_for(num_tokens) - len(seq.block_table) - len(hits)
+        revived = sum(1 for block_id in hits if self.blocks[block_id].ref_count == 0)
+        return max(new_blocks, 0) + revived <= self.num_free_blocks
+
+    def allocate(self, seq: Sequence, num_tokens: int, hits: list[int] = ()) -> None:
+        """Take the cached `hits` (counted as computed), then fresh blocks up to `num_tokens` tokens; the blocks
+        that `num_tokens` fills are offered to the cache (their K/V is written in the coming step)."""
+        if not seq.block_table:
+            self.stats.queried_tokens += seq.num_tokens
+            self.stats.hit_tokens += len(hits) * self.block_size
+        for block_id in hits:
+            self._acquire(block_id)
+            seq.block_table.append(block_id)
+        seq.num_computed_tokens += len(hits) * self.block_size
+        seq.num_registered_blocks += len(hits)
+        while len(seq.block_table) < self.blocks_for(num_tokens):
+            seq.block_table.append(self._take_free_block())
+        self._register_full_blocks(seq, num_tokens)
 
     def free(self, seq: Sequence) -> None:
-        self.free_block_ids.extend(reversed(seq.block_table))
+        """Drop the sequence's hold on its blocks; it must recompute from scratch (minus cache hits) later."""
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_ids[block_id] = None
+                if block.key is None:  # nothing to find in it: reuse it first
+                    self.free_ids.move_to_end(block_id, last=False)
         seq.block_table = []
-        seq.num_cached_tokens = 0
+        seq.num_computed_tokens = 0
+        seq.num_registered_blocks = 0
+
+    def _acquire(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free_ids[block_id]
+        block.ref_count += 1
+
+    def _take_free_block(self) -> int:
+        block_id, _ = self.free_ids.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.key is not None:
+            del self.cached[block.key]
+            block.key = None
+        block.ref_count = 1
+        return block_id
+
+    def _register_full_blocks(self, seq: Sequence, num_tokens: int) -> None:
+        if not self.enable_prefix_caching:
+            return
+        for index in range(seq.num_registered_blocks, num_tokens // self.block_size):
+            key = self._block_key(seq, index)
+            block = self.blocks[seq.block_table[index]]
+            if block.key is None and key not in self.cached:
+                self.cached[key] = block.block_id
+                block.key = key
+        seq.num_registered_blocks = max(seq.num_registered_blocks, num_tokens // self.block_size)
+
+    def _block_key(self, seq: Sequence, index: int) -> bytes:
+        """Key of the sequence's full block `index`: a hash of the previous block's key, this block's tokens and
+        the images its tokens and those before may attend to. Computed once per sequence and block."""
+        while len(seq.block_hashes) <= index:
+            i = len(seq.block_hashes)
+            start, end = i * self.block_size, (i + 1) * self.block_size
+            previous = seq.block_hashes[-1] if seq.block_hashes else b""
+            payload = repr((seq.all_token_ids[start:end], seq.image_keys(end, self.key_every_image)))
+            seq.block_hashes.append(hashlib.blake2b(previous + payload.encode(), digest_size=16).digest())
+        return seq.block_hashes[index]

@@ -37,6 +37,16 @@ class _Request:
         return all(c.seq.is_finished for c in self.completions)
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    num_preemptions: int
+    kv_cache_usage: float  # fraction of KV blocks held by sequences
+    prefix_cache_queried_tokens: int
+    prefix_cache_hit_tokens: int
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,7 +74,8 @@ class LLMEngine:
         self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.device, loaded.dtype)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len),
-            BlockManager(num_blocks, config.block_size))
+            BlockManager(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching,
+                         key_every_image=config.transformers_compat))
         self.eos_token_ids = tuple(sorted(set(self.tokenizer.stop_token_ids) | set(self.model_config.text.eos_token_ids)))
         self.requests: dict[str, _Request] = {}
 
@@ -91,16 +102,20 @@ class LLMEngine:
         max_tokens = self._check_length(prepared, params)
         if max_tokens != params.max_tokens:
             params = replace(params, max_tokens=max_tokens)
-        stop_ids = tuple(params.stop_token_ids) + (() if params.ignore_eos else self.eos_token_ids)
         request = _Request(request_id, prepared)
         for index in range(params.n):
-            seq = Sequence(Sequence.next_id(), request_id, list(prepared.prompt_token_ids), params,
-                           multimodal=prepared.multimodal, index=index, stop_token_ids=stop_ids)
+            seq = self._new_sequence(request_id, prepared, params, index)
             detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids,
                                                  skip_special_tokens=params.skip_special_tokens)
             request.completions.append(_Completion(seq, detokenizer))
             self.scheduler.add(seq)
         self.requests[request_id] = request
+
+    def _new_sequence(self, request_id: str, prepared: PreparedInput, params: SamplingParams,
+                      index: int = 0) -> Sequence:
+        stop_ids = tuple(params.stop_token_ids) + (() if params.ignore_eos else self.eos_token_ids)
+        return Sequence(Sequence.next_id(), request_id, list(prepared.prompt_token_ids), params,
+                        multimodal=prepared.multimodal, index=index, stop_token_ids=stop_ids)
 
     def _check_length(self, prepared: PreparedInput, params: SamplingParams) -> int:
         """The request's max_tokens, defaulted to the room left in the context; too long raises."""
@@ -128,11 +143,11 @@ class LLMEngine:
     def prompt_logits(self, prepared: PreparedInput) -> torch.Tensor:
         """The model's logits [prompt tokens, vocab] at every prompt position (scoring, parity checks)."""
         request_id = f"score-{Sequence.next_id()}"
-        seq = Sequence(Sequence.next_id(), request_id, list(prepared.prompt_token_ids), SamplingParams(),
-                       multimodal=prepared.multimodal)
-        if not self.scheduler.block_manager.can_allocate(seq):
+        seq = self._new_sequence(request_id, prepared, SamplingParams())
+        block_manager = self.scheduler.block_manager
+        if not block_manager.can_allocate(seq, seq.num_tokens):
             raise ValueError("the KV cache has no room for this prompt now")
-        self.scheduler.block_manager.allocate(seq)
+        block_manager.allocate(seq, seq.num_tokens)
         try:
             return self.runner.prefill_logits(seq)
         finally:
@@ -142,14 +157,26 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
 
+    def stats(self) -> EngineStats:
+        scheduler, blocks = self.scheduler, self.scheduler.block_manager
+        return EngineStats(
+            num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
+            num_preemptions=scheduler.num_preemptions,
+            kv_cache_usage=1 - blocks.num_free_blocks / blocks.num_blocks,
+            prefix_cache_queried_tokens=blocks.stats.queried_tokens,
+            prefix_cache_hit_tokens=blocks.stats.hit_tokens,
+        )
+
     def step(self) -> list[RequestOutput]:
         """Run one scheduled batch; returns the requests it advanced (finished ones are then dropped)."""
-        seqs, is_prefill = self.scheduler.schedule()
-        if not seqs:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
             return []
-        result = self.runner.run(seqs, is_prefill)
+        result = self.runner.run(batch)
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += num_new
         touched: dict[str, _Request] = {}
-        for seq, token_id, logprobs in zip(seqs, result.token_ids, result.logprobs):
+        for seq, token_id, logprobs in zip(result.seqs, result.token_ids, result.logprobs):
             request = self.requests[seq.request_id]
             self._append_token(request.completions[seq.index], token_id, logprobs)
             touched[seq.request_id] = request
@@ -162,7 +189,6 @@ class LLMEngine:
 
     def _append_token(self, completion: _Completion, token_id: int, logprobs: dict[int, float] | None) -> None:
         seq = completion.seq
-        seq.num_cached_tokens = seq.num_tokens
         seq.output_token_ids.append(token_id)
         if logprobs is not None:
             seq.output_logprobs.append(logprobs)

@@ -5,13 +5,17 @@ from dataclasses import dataclass
 import torch
 
 from vlmserve.engine.sampler import Sampler, SamplingMetadata
+from vlmserve.engine.scheduler import ScheduledBatch
 from vlmserve.engine.sequence import MultiModalInputs, Sequence
 from vlmserve.layers.attention_metadata import AttentionMetadata, CrossAttentionState, SeqCrossInputs
 
 
 @dataclass
 class StepResult:
-    token_ids: list[int]  # one sampled token per scheduled sequence
+    """The sequences whose step reached their last token, each with its sampled token (and logprobs)."""
+
+    seqs: list[Sequence]
+    token_ids: list[int]
     logprobs: list[dict[int, float] | None]  # per sequence: sampled + top tokens, when asked for
 
 
@@ -41,16 +45,22 @@ class ModelRunner:
         return num_layers * 2 * block_size * text.num_key_value_heads * text.head_dim * elem
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], is_prefill: bool) -> StepResult:
-        input_ids, positions, metadata, last_indices = self._prepare(seqs, is_prefill)
+    def run(self, batch: ScheduledBatch) -> StepResult:
+        """Compute the batch's new tokens; sample for the sequences whose last token is among them."""
+        input_ids, positions, metadata = self._prepare(batch.seqs, batch.num_new_tokens)
+        ends = metadata.query_start_loc[1:]
+        done = [i for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens))
+                if seq.num_computed_tokens + n == seq.num_tokens]
         hidden = self.model(input_ids, positions, metadata)
-        logits = self.model.compute_logits(hidden[last_indices])
-        return self._sample(seqs, logits)
+        if not done:
+            return StepResult([], [], [])
+        logits = self.model.compute_logits(hidden[self._tensor([ends[i] - 1 for i in done])])
+        return self._sample([batch.seqs[i] for i in done], logits)
 
     @torch.inference_mode()
     def prefill_logits(self, seq: Sequence) -> torch.Tensor:
         """Logits [new tokens, vocab] at every position a prefill of `seq` computes."""
-        input_ids, positions, metadata, _ = self._prepare([seq], is_prefill=True)
+        input_ids, positions, metadata = self._prepare([seq], [seq.num_uncomputed_tokens])
         return self.model.compute_logits(self.model(input_ids, positions, metadata))
 
     def release(self, seq: Sequence) -> None:
@@ -60,12 +70,12 @@ class ModelRunner:
         """Free a request's vision K/V once none of its sequences needs it."""
         self.cross_states.pop(request_id, None)
 
-    def _prepare(self, seqs: list[Sequence], is_prefill: bool):
+    def _prepare(self, seqs: list[Sequence], num_new_tokens: list[int]):
         input_ids, positions, slots, query_start_loc, cross = [], [], [], [0], []
-        for seq in seqs:
-            start = seq.num_cached_tokens if is_prefill else seq.num_tokens - 1
-            seq_positions = list(range(start, seq.num_tokens))
-            input_ids.extend(seq.all_token_ids[start:])
+        for seq, num_new in zip(seqs, num_new_tokens):
+            start = seq.num_computed_tokens
+            seq_positions = list(range(start, start + num_new))
+            input_ids.extend(seq.all_token_ids[start : start + num_new])
             positions.extend(seq_positions)
             slots.extend(seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
                          for p in seq_positions)
@@ -75,13 +85,21 @@ class ModelRunner:
         block_tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in seqs]
         metadata = AttentionMetadata(
             query_start_loc=query_start_loc,
-            seq_lens=[seq.num_tokens for seq in seqs],
+            seq_lens=[seq.num_computed_tokens + n for seq, n in zip(seqs, num_new_tokens)],
             block_tables=self._tensor(block_tables),
             slot_mapping=self._tensor(slots),
             cross=cross,
+            cross_mlp_scale=self._cross_mlp_scale(cross, num_new_tokens),
         )
-        last_indices = self._tensor([end - 1 for end in query_start_loc[1:]])
-        return self._tensor(input_ids), self._tensor(positions), metadata, last_indices
+        return self._tensor(input_ids), self._tensor(positions), metadata
+
+    def _cross_mlp_scale(self, cross: list[SeqCrossInputs | None], num_new_tokens: list[int]) -> torch.Tensor | None:
+        """[T, 1] over the flat batch: 1 for rows that see an image, 0 elsewhere; None when no row has images."""
+        if all(c is None for c in cross):
+            return None
+        return torch.cat([c.mlp_row_scale if c is not None
+                          else torch.zeros(n, 1, dtype=self.dtype, device=self.device)
+                          for c, n in zip(cross, num_new_tokens)])
 
     def _tensor(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64, device=self.device)
@@ -135,7 +153,7 @@ class ModelRunner:
         )
         out = self.sampler(logits, metadata)
         token_ids = out.sampled_token_ids.tolist()
-        return StepResult(token_ids=token_ids, logprobs=self._logprobs(seqs, token_ids, out.logprobs))
+        return StepResult(seqs, token_ids, self._logprobs(seqs, token_ids, out.logprobs))
 
     def _generator(self, seq: Sequence) -> torch.Generator | None:
         """A per-sequence generator when the request is seeded: its draws depend on nothing else."""

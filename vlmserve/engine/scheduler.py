@@ -1,12 +1,14 @@
-"""Decides which sequences run in the next step. Pure Python (no torch).
+"""Decides which sequences run in the next step and how many of their tokens. Pure Python (no torch).
 
-Prefills go first (whole prompts, within the token and sequence budgets); otherwise every running sequence
-decodes one token. When blocks run out, the newest running sequence is preempted by recompute: its blocks
-are freed and it goes back to the front of the queue, to be prefilled again with its outputs so far.
+One token budget per step is shared by everyone: running sequences go first (a decode costs one token, a
+prompt being prefilled in chunks takes what is left of it), then waiting ones are admitted while budget,
+blocks and the sequence limit allow. A long prompt is thus prefilled over several steps while decodes keep
+running. When blocks run out, the newest running sequence is preempted by recompute: its blocks are freed and
+it goes back to the front of the queue, to be prefilled again (prompt and outputs so far) later.
 """
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vlmserve.engine.block_manager import BlockManager
 from vlmserve.engine.sequence import Sequence, SequenceStatus
@@ -17,6 +19,18 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
     max_model_len: int = 8192
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)  # per sequence: tokens computed this step
+    num_tokens: int = 0
+
+    def add(self, seq: Sequence, num_new_tokens: int) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_new_tokens)
+        self.num_tokens += num_new_tokens
 
 
 class Scheduler:
@@ -34,37 +48,46 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> tuple[list[Sequence], bool]:
-        """Returns the step's sequences and whether the step is a prefill."""
-        prefills = self._schedule_prefills()
-        if prefills:
-            return prefills, True
-        return self._schedule_decodes(), False
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        preempted = self._schedule_running(batch)
+        if not preempted:
+            self._schedule_waiting(batch)
+        return batch
 
-    def _schedule_prefills(self) -> list[Sequence]:
-        scheduled, num_tokens = [], 0
+    def _schedule_running(self, batch: ScheduledBatch) -> bool:
+        """Give every running sequence its next tokens, preempting from the back when blocks run out."""
+        preempted = False
+        for seq in list(self.running):
+            budget = self.config.max_num_batched_tokens - batch.num_tokens
+            if seq not in self.running or budget == 0:
+                continue
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            target = seq.num_computed_tokens + num_new
+            while seq in self.running and not self.block_manager.can_allocate(seq, target):
+                self._preempt(self.running[-1])
+                preempted = True
+            if seq in self.running:
+                self.block_manager.allocate(seq, target)
+                batch.add(seq, num_new)
+        return preempted
+
+    def _schedule_waiting(self, batch: ScheduledBatch) -> None:
         while self.waiting and len(self.running) < self.config.max_num_seqs:
+            budget = self.config.max_num_batched_tokens - batch.num_tokens
+            if budget == 0:
+                return
             seq = self.waiting[0]
-            too_many_tokens = num_tokens + seq.num_tokens > self.config.max_num_batched_tokens
-            if (scheduled and too_many_tokens) or not self.block_manager.can_allocate(seq):
-                break
+            hits = self.block_manager.cached_prefix(seq)
+            num_computed = seq.num_computed_tokens + len(hits) * self.block_manager.block_size
+            target = num_computed + min(seq.num_tokens - num_computed, budget)
+            if not self.block_manager.can_allocate(seq, target, hits):
+                return
             self.waiting.popleft()
-            self.block_manager.allocate(seq)
+            self.block_manager.allocate(seq, target, hits)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            scheduled.append(seq)
-            num_tokens += seq.num_tokens
-        return scheduled
-
-    def _schedule_decodes(self) -> list[Sequence]:
-        scheduled = []
-        for seq in list(self.running):
-            while seq in self.running and not self.block_manager.can_allocate(seq):
-                self._preempt(self.running[-1])
-            if seq in self.running:
-                self.block_manager.allocate(seq)
-                scheduled.append(seq)
-        return scheduled
+            batch.add(seq, target - seq.num_computed_tokens)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

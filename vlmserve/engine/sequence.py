@@ -38,7 +38,9 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[dict[int, float]] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
-    num_cached_tokens: int = 0  # tokens whose K/V is already in the cache
+    num_computed_tokens: int = 0  # tokens whose K/V is in the cache (computed, or found by prefix caching)
+    block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of its full blocks, in order
+    num_registered_blocks: int = 0  # leading blocks already offered to the prefix cache
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     stop_reason: int | str | None = None
@@ -65,5 +67,19 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
-    def num_blocks_needed(self, block_size: int) -> int:
-        return -(-self.num_tokens // block_size)
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    def image_keys(self, end: int, every_image: bool) -> tuple[tuple[str, int], ...]:
+        """(content hash, first attending position) of the images that tokens before `end` may attend to.
+
+        Under Meta's rule a token sees only the images whose range it falls in, so a prefix ending before an
+        image's range is shared across different images; `every_image` is for transformers' rule, where text
+        before the first image attends to all of them.
+        """
+        mm = self.multimodal
+        if mm is None:
+            return ()
+        return tuple((digest, start) for digest, (start, _) in zip(mm.content_hashes, mm.token_ranges)
+                     if every_image or start < end)

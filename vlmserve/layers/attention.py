@@ -42,11 +42,3 @@ def cross_attention(q: torch.Tensor, layer_idx: int, metadata: AttentionMetadata
         out[start:end] = attended * cross.attn_row_scale[:, :, None]
     return out
 
-
-def cross_mlp_row_scale(metadata: AttentionMetadata, num_tokens: int, like: torch.Tensor) -> torch.Tensor:
-    """[T, 1]: 1 for rows that see an image, 0 elsewhere (their cross-layer MLP output is dropped)."""
-    scale = torch.zeros(num_tokens, 1, dtype=like.dtype, device=like.device)
-    for i, cross in enumerate(metadata.cross):
-        if cross is not None:
-            scale[metadata.query_start_loc[i] : metadata.query_start_loc[i + 1]] = cross.mlp_row_scale
-    return scale

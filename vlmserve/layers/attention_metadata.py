@@ -31,6 +31,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [num_seqs, max_blocks] int64, physical KV block ids
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot each new token's K/V is written to
     cross: list[SeqCrossInputs | None]  # per sequence; None = no image in that request
+    cross_mlp_scale: torch.Tensor | None = None  # [num_tokens, 1]: SeqCrossInputs.mlp_row_scale, flat
 
     @property
     def num_seqs(self) -> int:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmserve.layers.attention import PagedAttention, cross_attention, cross_mlp_row_scale
+from vlmserve.layers.attention import PagedAttention, cross_attention
 from vlmserve.layers.attention_metadata import AttentionMetadata, CrossAttentionState
 from vlmserve.layers.layernorm import RMSNorm
 from vlmserve.layers.rotary_embedding import RotaryEmbedding
@@ -107,7 +107,7 @@ class CrossAttentionDecoderLayer(nn.Module):
             return x
         attn = self.cross_attn(self.input_layernorm(x), self.layer_idx, metadata)
         x = x + self.cross_attn_attn_gate.tanh() * attn
-        mlp = self.mlp(self.post_attention_layernorm(x)) * cross_mlp_row_scale(metadata, x.shape[0], x)
+        mlp = self.mlp(self.post_attention_layernorm(x)) * metadata.cross_mlp_scale
         return x + self.cross_attn_mlp_gate.tanh() * mlp
 
 

@@ -1,0 +1,109 @@
+"""The engine on a tiny random checkpoint: continuous batching, chunked prefill, prefix caching, preemption,
+abort; checked against each request run alone and against transformers' greedy `generate`."""
+
+import pytest
+import torch
+
+from tests.conftest import IMAGE_TOKEN
+from tests.models.test_mllama_parity import hf_inputs, random_ids, random_image
+from vlmserve import LLM, SamplingParams
+
+CHECKPOINT = "gqa2-2tiles"
+MAX_TOKENS = 10
+
+
+def make_prompt(i: int) -> dict:
+    """Mixed lengths; every third prompt has one image, every fifth two."""
+    text = random_ids(5 + 7 * i % 40, seed=100 + i)
+    if i % 5 == 4:
+        return {"prompt_token_ids": [IMAGE_TOKEN, 1] + text[:3] + [IMAGE_TOKEN] + text[3:],
+                "images": [random_image(30 + i, 50, seed=i), random_image(60, 20 + i, seed=50 + i)]}
+    if i % 3 == 0:
+        return {"prompt_token_ids": [1] + text[:2] + [IMAGE_TOKEN] + text[2:],
+                "images": [random_image(40, 30 + 2 * i, seed=i)]}
+    return {"prompt_token_ids": [1] + text}
+
+
+def make_params(i: int) -> SamplingParams:
+    """Greedy for even i; seeded sampling with assorted controls for odd i."""
+    if i % 2 == 0:
+        return SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    return SamplingParams(temperature=0.8, top_p=0.9, top_k=50, min_p=0.01, presence_penalty=0.5,
+                          repetition_penalty=1.2, seed=i, max_tokens=MAX_TOKENS - i % 4, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_checkpoints):
+    return tiny_checkpoints[CHECKPOINT]
+
+
+@pytest.fixture(scope="module")
+def llm(checkpoint):
+    """Small blocks and a small token budget, so long prompts are chunked while others decode."""
+    return LLM(checkpoint.path, dtype="float32", device="cpu", transformers_compat=True, num_kv_blocks=256,
+               block_size=4, max_num_batched_tokens=24)
+
+
+def token_ids(outputs) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def test_mixed_batch_equals_each_request_alone_and_transformers(llm, checkpoint):
+    prompts, params = [make_prompt(i) for i in range(16)], [make_params(i) for i in range(16)]
+    together = token_ids(llm.generate(prompts, params, use_tqdm=False))
+    alone = [token_ids(llm.generate(p, q, use_tqdm=False))[0] for p, q in zip(prompts, params)]
+    assert together == alone
+    for i in range(0, 16, 2):
+        prepared = llm.engine.input_processor.process_prompt(prompts[i])
+        with torch.no_grad():
+            ref = checkpoint.hf_model.generate(**hf_inputs(prepared), max_new_tokens=MAX_TOKENS, do_sample=False,
+                                               eos_token_id=None, pad_token_id=0)
+        assert together[i] == ref[0, len(prepared.prompt_token_ids):].tolist(), f"prompt {i}"
+
+
+def test_prefix_cache_hit_gives_identical_tokens(llm, checkpoint):
+    prompt, params = make_prompt(9), make_params(0)
+    before = llm.engine.stats().prefix_cache_hit_tokens
+    first = token_ids(llm.generate(prompt, params, use_tqdm=False))
+    hit = llm.engine.stats().prefix_cache_hit_tokens - before
+    second = token_ids(llm.generate(prompt, params, use_tqdm=False))
+    assert llm.engine.stats().prefix_cache_hit_tokens - before - hit >= len(prompt["prompt_token_ids"]) - 4
+    uncached = LLM(checkpoint.path, dtype="float32", device="cpu", transformers_compat=True, num_kv_blocks=256,
+                   block_size=4, enable_prefix_caching=False)
+    assert first == second == token_ids(uncached.generate(prompt, params, use_tqdm=False))
+    assert uncached.engine.stats().prefix_cache_hit_tokens == 0
+
+
+def test_tiny_kv_pool_preempts_and_every_request_finishes_identically(llm, checkpoint):
+    prompts, params = [make_prompt(i) for i in range(20)], [make_params(i) for i in range(20)]
+    expected = token_ids(llm.generate(prompts, params, use_tqdm=False))
+    tight = LLM(checkpoint.path, dtype="float32", device="cpu", transformers_compat=True, num_kv_blocks=24,
+                block_size=4)
+    assert token_ids(tight.generate(prompts, params, use_tqdm=False)) == expected
+    assert tight.engine.stats().num_preemptions > 0
+    assert tight.engine.scheduler.block_manager.num_free_blocks == 24
+
+
+def test_n_completions_share_their_prompt_blocks(llm):
+    engine = llm.engine
+    prepared = engine.input_processor.process_prompt(make_prompt(6))
+    engine.add_request("shared", prepared, SamplingParams(n=3, temperature=1.0, seed=1, max_tokens=4))
+    engine.step()
+    tables = [c.seq.block_table for c in engine.requests["shared"].completions]
+    full_blocks = (len(prepared.prompt_token_ids) - 1) // 4
+    assert full_blocks > 0 and tables[0][:full_blocks] == tables[1][:full_blocks] == tables[2][:full_blocks]
+    while engine.has_unfinished_requests():
+        engine.step()
+
+
+def test_abort_mid_generation_returns_every_block(llm):
+    engine = llm.engine
+    free_before = engine.scheduler.block_manager.num_free_blocks
+    engine.add_request("doomed", engine.input_processor.process_prompt(make_prompt(3)),
+                       SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    for _ in range(4):
+        engine.step()
+    assert engine.scheduler.block_manager.num_free_blocks < free_before
+    engine.abort_request("doomed")
+    assert engine.scheduler.block_manager.num_free_blocks == free_before
+    assert not engine.has_unfinished_requests() and engine.step() == []
