@@ -95,3 +95,71 @@ def test_can_allocate_counts_revived_cached_blocks():
     assert len(hits) == 2
     assert manager.can_allocate(seq, 9, hits)  # 2 revived + 1 fresh = 3 free blocks
     assert not manager.can_allocate(seq, 13, hits)
+
+
+def image_seq(images: list[str]) -> Sequence:
+    tokens = [1]
+    for _ in images:
+        tokens += [IMAGE, 5, 6]
+    return make_seq(tokens, images)
+
+
+def test_images_take_blocks_of_the_same_pool_and_are_shared_by_content():
+    manager = BlockManager(num_blocks=12, block_size=4, blocks_per_image=3)
+    first = image_seq(["cat", "dog"])  # 7 tokens: 2 blocks, plus 2 images x 3 blocks
+    admit(manager, first)
+    assert manager.num_free_blocks == 12 - 2 - 6
+    assert [e.content_hash for e in first.image_entries] == ["cat", "dog"]
+    second = image_seq(["dog"])
+    assert manager.can_allocate(second, second.num_tokens)
+    admit(manager, second)
+    assert second.image_entries[0] is first.image_entries[1] and manager.num_free_blocks == 12 - 8 - 1
+    assert (manager.stats.queried_images, manager.stats.hit_images) == (3, 1)
+    manager.free(first)
+    manager.free(second)
+    assert manager.num_free_blocks == 12
+
+
+def test_same_image_twice_in_one_prompt_takes_one_entry():
+    manager = BlockManager(num_blocks=12, block_size=4, blocks_per_image=3)
+    seq = image_seq(["cat", "cat"])
+    admit(manager, seq)
+    assert seq.image_entries[0] is seq.image_entries[1] and manager.num_free_blocks == 12 - 2 - 3
+    manager.free(seq)
+    assert manager.num_free_blocks == 12
+
+
+def test_released_image_stays_findable_until_its_blocks_are_reused():
+    manager = BlockManager(num_blocks=8, block_size=4, blocks_per_image=3, enable_prefix_caching=False)
+    first = image_seq(["cat"])
+    admit(manager, first)
+    first.image_entries[0].encoded = True  # the model runner wrote its K/V
+    cat_blocks = first.image_entries[0].block_ids
+    manager.free(first)
+    again = image_seq(["cat"])
+    admit(manager, again)
+    assert again.image_entries[0].block_ids == cat_blocks and manager.stats.hit_images == 1
+    manager.free(again)
+    filler = make_seq(list(range(30)))  # 8 blocks: every block, the image's included
+    admit(manager, filler)
+    manager.free(filler)
+    assert "cat" not in manager.images
+    third = image_seq(["cat"])
+    admit(manager, third)
+    assert not third.image_entries[0].encoded and manager.stats.hit_images == 1
+
+
+def test_unwritten_image_is_not_findable_after_release():
+    manager = BlockManager(num_blocks=8, block_size=4, blocks_per_image=3)
+    seq = image_seq(["cat"])
+    admit(manager, seq)
+    manager.free(seq)  # preempted or aborted before the runner encoded it
+    assert "cat" not in manager.images and manager.num_free_blocks == 8
+
+
+def test_can_allocate_counts_new_and_revived_images():
+    manager = BlockManager(num_blocks=6, block_size=4, blocks_per_image=3)
+    seq = image_seq(["cat", "dog"])  # needs 2 + 6 blocks
+    assert not manager.can_allocate(seq, seq.num_tokens)
+    small = image_seq(["cat"])
+    assert manager.can_allocate(small, small.num_tokens)

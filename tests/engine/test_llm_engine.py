@@ -107,3 +107,32 @@ def test_abort_mid_generation_returns_every_block(llm):
     engine.abort_request("doomed")
     assert engine.scheduler.block_manager.num_free_blocks == free_before
     assert not engine.has_unfinished_requests() and engine.step() == []
+
+
+def test_same_image_is_encoded_once_and_counted_in_the_kv_budget(llm):
+    engine = llm.engine
+    prompt = {**make_prompt(3), "images": [random_image(45, 45, seed=999)]}  # an image no other test sends
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    free_before, encoded_before = engine.scheduler.block_manager.num_free_blocks, engine.stats().num_images_encoded
+    engine.add_request("first", engine.input_processor.process_prompt(prompt), params)
+    engine.step()
+    blocks_per_image = engine.scheduler.block_manager.blocks_per_image
+    token_blocks = len(engine.requests["first"].completions[0].seq.block_table)
+    assert blocks_per_image > 0
+    assert engine.scheduler.block_manager.num_free_blocks == free_before - token_blocks - blocks_per_image
+    while engine.has_unfinished_requests():
+        engine.step()
+    first = engine.stats()
+    second = token_ids(llm.generate([prompt, prompt], params, use_tqdm=False))
+    stats = engine.stats()
+    assert first.num_images_encoded == encoded_before + 1 and stats.num_images_encoded == first.num_images_encoded
+    assert stats.encoder_cache_hit_images - first.encoder_cache_hit_images == 2
+    assert second[0] == second[1]
+
+
+def test_request_larger_than_the_kv_cache_is_refused_by_name(checkpoint):
+    small = LLM(checkpoint.path, dtype="float32", device="cpu", num_kv_blocks=12, block_size=4)
+    prepared = small.engine.input_processor.process_prompt(make_prompt(4))  # two images
+    with pytest.raises(ValueError, match="KV cache"):
+        small.engine.add_request("big", prepared, SamplingParams(max_tokens=8))
+    assert not small.engine.has_unfinished_requests()

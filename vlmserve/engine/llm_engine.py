@@ -45,6 +45,9 @@ class EngineStats:
     kv_cache_usage: float  # fraction of KV blocks held by sequences
     prefix_cache_queried_tokens: int
     prefix_cache_hit_tokens: int
+    encoder_cache_queried_images: int
+    encoder_cache_hit_images: int  # images whose K/V were still in the pool: not encoded again
+    num_images_encoded: int
 
 
 def resolve_device(device: str) -> torch.device:
@@ -74,7 +77,9 @@ class LLMEngine:
         self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.device, loaded.dtype)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len),
-            BlockManager(num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching,
+            BlockManager(num_blocks, config.block_size,
+                         blocks_per_image=ModelRunner.blocks_per_image(self.model_config, config.block_size),
+                         enable_prefix_caching=config.enable_prefix_caching,
                          key_every_image=config.transformers_compat))
         self.eos_token_ids = tuple(sorted(set(self.tokenizer.stop_token_ids) | set(self.model_config.text.eos_token_ids)))
         self.requests: dict[str, _Request] = {}
@@ -118,17 +123,25 @@ class LLMEngine:
                         multimodal=prepared.multimodal, index=index, stop_token_ids=stop_ids)
 
     def _check_length(self, prepared: PreparedInput, params: SamplingParams) -> int:
-        """The request's max_tokens, defaulted to the room left in the context; too long raises."""
+        """The request's max_tokens, defaulted to the room left in the context; too long raises.
+
+        The room is the context length, or less when the KV cache could not hold that many tokens beside the
+        request's images.
+        """
         num_prompt = len(prepared.prompt_token_ids)
-        room = self.max_model_len - num_prompt
+        block_manager = self.scheduler.block_manager
+        image_blocks = block_manager.blocks_needed(self._new_sequence("probe", prepared, params), 0)
+        cache_tokens = (block_manager.num_blocks - image_blocks) * block_manager.block_size
+        limit, what = min((self.max_model_len, "the context length"), (cache_tokens, "what the KV cache holds"))
+        room = limit - num_prompt
         if room < 1:
-            raise ValueError(f"the prompt has {num_prompt} tokens; this model's context holds {self.max_model_len}")
-        if params.max_tokens is None:
-            return room
-        if params.max_tokens > room:
-            raise ValueError(f"max_tokens ({params.max_tokens}) + prompt tokens ({num_prompt}) exceeds the "
-                             f"context length {self.max_model_len}")
-        return params.max_tokens
+            raise ValueError(f"the prompt has {num_prompt} tokens and {prepared.num_images} image(s); "
+                             f"{what} is {limit} tokens")
+        max_tokens = room if params.max_tokens is None else params.max_tokens
+        if max_tokens > room:
+            raise ValueError(f"max_tokens ({params.max_tokens}) + prompt tokens ({num_prompt}) exceeds {what} "
+                             f"({limit} tokens)")
+        return max_tokens
 
     def abort_request(self, request_id: str) -> None:
         request = self.requests.pop(request_id, None)
@@ -138,7 +151,6 @@ class LLMEngine:
             if not completion.seq.is_finished:
                 completion.seq.finish_reason = "abort"
                 self._release(completion.seq)
-        self.runner.release_request(request_id)
 
     def prompt_logits(self, prepared: PreparedInput) -> torch.Tensor:
         """The model's logits [prompt tokens, vocab] at every prompt position (scoring, parity checks)."""
@@ -151,8 +163,7 @@ class LLMEngine:
         try:
             return self.runner.prefill_logits(seq)
         finally:
-            self.scheduler.block_manager.free(seq)
-            self.runner.release_request(request_id)
+            block_manager.free(seq)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -165,6 +176,9 @@ class LLMEngine:
             kv_cache_usage=1 - blocks.num_free_blocks / blocks.num_blocks,
             prefix_cache_queried_tokens=blocks.stats.queried_tokens,
             prefix_cache_hit_tokens=blocks.stats.hit_tokens,
+            encoder_cache_queried_images=blocks.stats.queried_images,
+            encoder_cache_hit_images=blocks.stats.hit_images,
+            num_images_encoded=self.runner.num_images_encoded,
         )
 
     def step(self) -> list[RequestOutput]:
@@ -184,7 +198,6 @@ class LLMEngine:
         for request in touched.values():
             if request.finished:
                 del self.requests[request.request_id]
-                self.runner.release_request(request.request_id)
         return outputs
 
     def _append_token(self, completion: _Completion, token_id: int, logprobs: dict[int, float] | None) -> None:

@@ -7,7 +7,7 @@ import torch
 from vlmserve.engine.sampler import Sampler, SamplingMetadata
 from vlmserve.engine.scheduler import ScheduledBatch
 from vlmserve.engine.sequence import MultiModalInputs, Sequence
-from vlmserve.layers.attention_metadata import AttentionMetadata, CrossAttentionState, SeqCrossInputs
+from vlmserve.layers.attention_metadata import AttentionMetadata, SeqCrossInputs
 
 
 @dataclass
@@ -25,17 +25,21 @@ class ModelRunner:
         self.block_size, self.num_blocks = block_size, num_blocks
         self.vocab_size = model.config.text.vocab_size
         self.sampler = Sampler()
-        self.cross_states: dict[str, CrossAttentionState] = {}
         self.generators: dict[int, torch.Generator] = {}
+        self.num_images_encoded = 0
         self._allocate_kv_cache()
 
     def _allocate_kv_cache(self) -> None:
+        """One pool, block-major: a block holds block_size tokens of every self-attention layer, or a slice of an
+        image's cross-attention K/V (the pool seen as rows [rows, kv_heads, head_dim], rows_per_block per block)."""
         text = self.model.config.text
         layers = self.model.self_attention_layers
-        shape = (len(layers), 2, self.num_blocks, self.block_size, text.num_key_value_heads, text.head_dim)
+        shape = (self.num_blocks, len(layers), 2, self.block_size, text.num_key_value_heads, text.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(layers):
-            layer.bind_cache(self.kv_cache[i, 0], self.kv_cache[i, 1])
+            layer.bind_cache(self.kv_cache[:, i, 0], self.kv_cache[:, i, 1])
+        self.vision_kv_pool = self.kv_cache.view(-1, text.num_key_value_heads, text.head_dim)
+        self.rows_per_block = len(layers) * 2 * self.block_size
 
     @staticmethod
     def kv_bytes_per_block(config, block_size: int, dtype: torch.dtype) -> int:
@@ -43,6 +47,16 @@ class ModelRunner:
         num_layers = len(text.self_attention_layers)
         elem = torch.empty((), dtype=dtype).element_size()
         return num_layers * 2 * block_size * text.num_key_value_heads * text.head_dim * elem
+
+    @staticmethod
+    def blocks_per_image(config, block_size: int) -> int:
+        """Blocks one image's K and V take for every cross-attention layer (padded tiles included)."""
+        rows = 2 * len(config.text.cross_attention_layers) * ModelRunner.vision_tokens_per_image(config)
+        return -(-rows // (len(config.text.self_attention_layers) * 2 * block_size))
+
+    @staticmethod
+    def vision_tokens_per_image(config) -> int:
+        return config.vision.max_num_tiles * config.vision.num_patches
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepResult:
@@ -66,10 +80,6 @@ class ModelRunner:
     def release(self, seq: Sequence) -> None:
         self.generators.pop(seq.seq_id, None)
 
-    def release_request(self, request_id: str) -> None:
-        """Free a request's vision K/V once none of its sequences needs it."""
-        self.cross_states.pop(request_id, None)
-
     def _prepare(self, seqs: list[Sequence], num_new_tokens: list[int]):
         input_ids, positions, slots, query_start_loc, cross = [], [], [], [0], []
         for seq, num_new in zip(seqs, num_new_tokens):
@@ -90,6 +100,7 @@ class ModelRunner:
             slot_mapping=self._tensor(slots),
             cross=cross,
             cross_mlp_scale=self._cross_mlp_scale(cross, num_new_tokens),
+            vision_kv_pool=self.vision_kv_pool,
         )
         return self._tensor(input_ids), self._tensor(positions), metadata
 
@@ -105,19 +116,40 @@ class ModelRunner:
         return torch.tensor(values, dtype=torch.int64, device=self.device)
 
     def _cross_inputs(self, seq: Sequence, positions: list[int]) -> SeqCrossInputs:
-        state = self.cross_states.get(seq.request_id)
-        if state is None:
-            state = self._encode(seq.multimodal)
-            self.cross_states[seq.request_id] = state
+        for index, entry in enumerate(seq.image_entries):
+            if not entry.encoded:
+                self._encode_image(seq.multimodal, index, entry.block_ids)
+                entry.encoded = True
         mask, attn_row_scale, mlp_row_scale = self._cross_mask(seq.multimodal, positions, seq.num_prompt_tokens)
-        return SeqCrossInputs(state, mask, attn_row_scale, mlp_row_scale)
+        return SeqCrossInputs(self._vision_kv_rows(seq), mask, attn_row_scale, mlp_row_scale)
 
-    def _encode(self, mm: MultiModalInputs) -> CrossAttentionState:
-        return self.model.encode_images(
-            mm.pixel_values.to(self.device, self.dtype),
-            mm.aspect_ratio_ids.to(self.device),
-            mm.aspect_ratio_mask.to(self.device),
+    def _encode_image(self, mm: MultiModalInputs, index: int, block_ids: list[int]) -> None:
+        """Run the vision encoder on one image (alone, so its K/V never depend on what it was batched with) and
+        write its K/V for every cross-attention layer into its blocks."""
+        kv = self.model.encode_images(
+            mm.pixel_values[index : index + 1].to(self.device, self.dtype),
+            mm.aspect_ratio_ids[index : index + 1].to(self.device),
+            mm.aspect_ratio_mask[index : index + 1].to(self.device),
         )
+        rows = torch.cat([tensor for layer in sorted(kv) for tensor in kv[layer]])  # [2 * layers * V, heads, d]
+        self.vision_kv_pool[self._image_rows(block_ids)[: rows.shape[0]]] = rows
+        self.num_images_encoded += 1
+
+    def _image_rows(self, block_ids: list[int]) -> torch.Tensor:
+        """Pool rows of an image's blocks, in order."""
+        offsets = torch.arange(self.rows_per_block, device=self.device)
+        return (self._tensor(block_ids)[:, None] * self.rows_per_block + offsets).flatten()
+
+    def _vision_kv_rows(self, seq: Sequence) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per cross-attention layer, the pool rows of the sequence's vision K and V, its images concatenated."""
+        num_tokens = self.vision_tokens_per_image(self.model.config)
+        image_rows = [self._image_rows(entry.block_ids) for entry in seq.image_entries]
+        kv_rows = {}
+        for c, layer in enumerate(sorted(self.model.config.text.cross_attention_layers)):
+            k_start, v_start = 2 * c * num_tokens, (2 * c + 1) * num_tokens
+            kv_rows[layer] = (torch.cat([rows[k_start : k_start + num_tokens] for rows in image_rows]),
+                              torch.cat([rows[v_start : v_start + num_tokens] for rows in image_rows]))
+        return kv_rows
 
     def _cross_mask(self, mm: MultiModalInputs, positions: list[int], prompt_len: int):
         """Which vision tokens each new token sees; generated tokens see what the last prompt token saw.

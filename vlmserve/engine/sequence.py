@@ -41,6 +41,7 @@ class Sequence:
     num_computed_tokens: int = 0  # tokens whose K/V is in the cache (computed, or found by prefix caching)
     block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of its full blocks, in order
     num_registered_blocks: int = 0  # leading blocks already offered to the prefix cache
+    image_entries: list[Any] = field(default_factory=list)  # per image: the block manager's ImageEntry, when held
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: str | None = None
     stop_reason: int | str | None = None

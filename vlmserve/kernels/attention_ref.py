@@ -7,9 +7,12 @@ import torch.nn.functional as F
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
-    """Store new keys/values [T, kv_heads, head_dim] at their slots of the [blocks, block_size, ...] caches."""
-    k_cache.view(-1, *k_cache.shape[2:])[slot_mapping] = k
-    v_cache.view(-1, *v_cache.shape[2:])[slot_mapping] = v
+    """Store new keys/values [T, kv_heads, head_dim] at their slots of the [blocks, block_size, ...] caches
+    (which may be strided views of a larger pool)."""
+    block_size = k_cache.shape[1]
+    blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
+    k_cache[blocks, offsets] = k
+    v_cache[blocks, offsets] = v
 
 
 def paged_attention(

@@ -37,7 +37,8 @@ def cross_attention(q: torch.Tensor, layer_idx: int, metadata: AttentionMetadata
         if cross is None:
             continue
         start, end = metadata.query_start_loc[i], metadata.query_start_loc[i + 1]
-        k, v = cross.state.kv[layer_idx]
+        k_rows, v_rows = cross.kv_rows[layer_idx]
+        k, v = metadata.vision_kv_pool[k_rows], metadata.vision_kv_pool[v_rows]
         attended = masked_attention(q[start:end], k, v, cross.mask, scale)
         out[start:end] = attended * cross.attn_row_scale[:, :, None]
     return out

@@ -6,17 +6,10 @@ import torch
 
 
 @dataclass
-class CrossAttentionState:
-    """One request's vision K/V for every cross-attention layer, computed once at its first prefill."""
-
-    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer index -> k, v [vision_tokens, kv_heads, head_dim]
-
-
-@dataclass
 class SeqCrossInputs:
     """Cross-attention inputs of one sequence's tokens in this step."""
 
-    state: CrossAttentionState
+    kv_rows: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> rows of its vision K and V in the pool [V]
     mask: torch.Tensor  # [q_len, vision_tokens] bool, True = may attend
     attn_row_scale: torch.Tensor  # [q_len, 1]: 0 zeroes the attention output of a row (Meta's rule)
     mlp_row_scale: torch.Tensor  # [q_len, 1]: 0 for rows that see no image (both references)
@@ -32,6 +25,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot each new token's K/V is written to
     cross: list[SeqCrossInputs | None]  # per sequence; None = no image in that request
     cross_mlp_scale: torch.Tensor | None = None  # [num_tokens, 1]: SeqCrossInputs.mlp_row_scale, flat
+    vision_kv_pool: torch.Tensor | None = None  # the KV pool as rows [rows, kv_heads, head_dim]: vision K/V live there
 
     @property
     def num_seqs(self) -> int:

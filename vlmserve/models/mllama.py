@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmserve.layers.attention import PagedAttention, cross_attention
-from vlmserve.layers.attention_metadata import AttentionMetadata, CrossAttentionState
+from vlmserve.layers.attention_metadata import AttentionMetadata
 from vlmserve.layers.layernorm import RMSNorm
 from vlmserve.layers.rotary_embedding import RotaryEmbedding
 from vlmserve.models.mllama_config import MllamaConfig, MllamaTextConfig
@@ -154,13 +154,12 @@ class MllamaForConditionalGeneration(nn.Module):
         return [layer.self_attn.attn for layer in self.language_model.model.layers
                 if isinstance(layer, SelfAttentionDecoderLayer)]
 
-    def encode_images(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> CrossAttentionState:
-        """One request's images [images, tiles, 3, H, W] -> vision K/V for every cross-attention layer."""
+    def encode_images(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Images [images, tiles, 3, H, W] -> per cross-attention layer, k, v [images*tiles*patches, kv_heads, d]."""
         features = self.vision_model(pixel_values, aspect_ratio_ids, aspect_ratio_mask)
         states = self.multi_modal_projector(features).flatten(0, 2)  # [images*tiles*patches, hidden]
-        kv = {layer.layer_idx: layer.cross_attn.vision_kv(states)
-              for layer in self.language_model.model.layers if isinstance(layer, CrossAttentionDecoderLayer)}
-        return CrossAttentionState(kv=kv)
+        return {layer.layer_idx: layer.cross_attn.vision_kv(states)
+                for layer in self.language_model.model.layers if isinstance(layer, CrossAttentionDecoderLayer)}
 
     def forward(self, input_ids, positions, metadata: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions [T] -> final hidden states [T, hidden]."""
