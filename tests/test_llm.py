@@ -118,3 +118,15 @@ def test_small_kv_pool_preempts_and_still_matches(demo_model_dir):
     assert got == expected
     assert tight.engine.scheduler.num_preemptions > 0
     assert tight.engine.scheduler.block_manager.num_free_blocks == 12
+
+
+def test_long_prompt_list_streams_through_in_order(demo_model_dir):
+    llm = LLM(demo_model_dir, dtype="float32", device="cpu", num_kv_blocks=64, max_num_seqs=3)
+    prompts = [f"Item {i}:" for i in range(20)]
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.prompt for o in outputs] == prompts
+    assert outputs[7].outputs[0].token_ids == llm.generate(prompts[7], params, use_tqdm=False)[0].outputs[0].token_ids
+    with pytest.raises(InputError, match="marker"):
+        llm.generate(prompts[:10] + [{"prompt": "<|image|>?", "images": []}] + prompts[10:], params, use_tqdm=False)
+    assert not llm.engine.has_unfinished_requests() and llm.engine.scheduler.block_manager.num_free_blocks == 64

@@ -1,6 +1,8 @@
 """The offline Python API: `LLM(model).generate(prompts)` / `.chat(conversations)`."""
 
+import functools
 import itertools
+from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
 
 from tqdm import tqdm
@@ -34,8 +36,8 @@ class LLM:
         """Each prompt: a string, {"prompt": str, "images": [...]} or {"prompt_token_ids": [...], "images": [...]}."""
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
-        prepared = [self.engine.input_processor.process_prompt(p) for p in prompts]
-        return self._run(prepared, sampling_params, use_tqdm)
+        process = self.engine.input_processor.process_prompt
+        return self._run([functools.partial(process, p) for p in prompts], sampling_params, use_tqdm)
 
     def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True, add_generation_prompt: bool = True,
              continue_final_message: bool = False, date_string: str | None = None) -> list[RequestOutput]:
@@ -43,22 +45,38 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         options = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
                        date_string=date_string)
-        prepared = [self.engine.input_processor.process_chat(c, **options) for c in conversations]
-        return self._run(prepared, sampling_params, use_tqdm)
+        process = self.engine.input_processor.process_chat
+        return self._run([functools.partial(process, c, **options) for c in conversations], sampling_params,
+                         use_tqdm)
 
-    def _run(self, prepared: list[PreparedInput], sampling_params, use_tqdm: bool) -> list[RequestOutput]:
-        params = _per_prompt(sampling_params, len(prepared))
-        ids = [str(next(self._request_ids)) for _ in prepared]
-        for request_id, inputs, p in zip(ids, prepared, params):
-            self.engine.add_request(request_id, inputs, p)
+    def _run(self, prepare: list[Callable[[], PreparedInput]], sampling_params, use_tqdm: bool) -> list[RequestOutput]:
+        """Stream the prompts through the engine: each is prepared (images decoded and tiled) only when the
+        engine has room for more, so a long list never holds every image in memory at once. A prompt that cannot
+        be prepared raises when it is reached, after the requests still in flight are aborted."""
+        params = _per_prompt(sampling_params, len(prepare))
+        ids = [str(next(self._request_ids)) for _ in prepare]
+        pending = list(zip(ids, prepare, params))[::-1]
         finished: dict[str, RequestOutput] = {}
         with tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm) as progress:
-            while self.engine.has_unfinished_requests():
+            while pending or self.engine.has_unfinished_requests():
+                self._admit(pending, ids)
                 for output in self.engine.step():
                     if output.finished:
                         finished[output.request_id] = output
                         progress.update(1)
         return [finished[i] for i in ids]
+
+    def _admit(self, pending: list, ids: list[str]) -> None:
+        """Add pending prompts while fewer than twice max_num_seqs requests are in the engine."""
+        limit = 2 * self.engine.config.max_num_seqs
+        while pending and len(self.engine.requests) < limit:
+            request_id, prepare, params = pending.pop()
+            try:
+                self.engine.add_request(request_id, prepare(), params)
+            except Exception:
+                for other in ids:
+                    self.engine.abort_request(other)
+                raise
 
 
 def _per_prompt(sampling_params, count: int) -> list[SamplingParams]:
