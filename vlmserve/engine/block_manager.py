@@ -201,7 +201,7 @@ class BlockManager:
             i = len(seq.block_hashes)
             start, end = i * self.block_size, (i + 1) * self.block_size
             previous = seq.block_hashes[-1] if seq.block_hashes else b""
-            payload = repr((seq.all_token_ids[start:end], seq.image_keys(end, self.key_every_image)))
+            payload = repr((seq.token_ids_between(start, end), seq.image_keys(end, self.key_every_image)))
             seq.block_hashes.append(hashlib.blake2b(previous + payload.encode(), digest_size=16).digest())
         return seq.block_hashes[index]
 

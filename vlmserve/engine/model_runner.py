@@ -85,7 +85,7 @@ class ModelRunner:
         for seq, num_new in zip(seqs, num_new_tokens):
             start = seq.num_computed_tokens
             seq_positions = list(range(start, start + num_new))
-            input_ids.extend(seq.all_token_ids[start : start + num_new])
+            input_ids.extend(seq.token_ids_between(start, start + num_new))
             positions.extend(seq_positions)
             slots.extend(seq.block_table[p // self.block_size] * self.block_size + p % self.block_size
                          for p in seq_positions)

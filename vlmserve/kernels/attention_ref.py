@@ -26,20 +26,43 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of new queries [T, heads, head_dim] over each sequence's cached context.
 
-    The new tokens of a sequence are the last `q_len` of its `seq_len` context tokens.
+    The new tokens of a sequence are the last `q_len` of its `seq_len` context tokens. Sequences with one new
+    token (decodes) are attended in one padded batch; longer ones (prefill chunks) one by one.
     """
-    block_size = k_cache.shape[1]
     out = torch.empty_like(q)
-    for i, seq_len in enumerate(seq_lens):
+    decodes = [i for i in range(len(seq_lens)) if query_start_loc[i + 1] - query_start_loc[i] == 1]
+    if decodes:
+        rows = torch.tensor([query_start_loc[i] for i in decodes], device=q.device)
+        lens = [seq_lens[i] for i in decodes]
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, block_tables[decodes], lens, scale)
+    for i in sorted(set(range(len(seq_lens))) - set(decodes)):
         start, end = query_start_loc[i], query_start_loc[i + 1]
-        num_blocks = -(-seq_len // block_size)
-        blocks = block_tables[i, :num_blocks]
-        keys = k_cache[blocks].flatten(0, 1)[:seq_len]  # [seq_len, kv_heads, head_dim]
-        values = v_cache[blocks].flatten(0, 1)[:seq_len]
-        q_len = end - start
-        mask = _causal_mask(q_len, seq_len, q.device)
+        keys, values = _gather_context(k_cache, v_cache, block_tables[i], seq_lens[i])
+        mask = _causal_mask(end - start, seq_lens[i], q.device)
         out[start:end] = masked_attention(q[start:end], keys, values, mask, scale)
     return out
+
+
+def _gather_context(k_cache, v_cache, block_table: torch.Tensor, seq_len: int):
+    """One sequence's cached keys and values [seq_len, kv_heads, head_dim]."""
+    blocks = block_table[: -(-seq_len // k_cache.shape[1])]
+    return k_cache[blocks].flatten(0, 1)[:seq_len], v_cache[blocks].flatten(0, 1)[:seq_len]
+
+
+def _decode_attention(q, k_cache, v_cache, block_tables, seq_lens: list[int], scale: float) -> torch.Tensor:
+    """q [B, heads, d], one query per sequence at its last position -> [B, heads, d]."""
+    block_size = k_cache.shape[1]
+    num_blocks = -(-max(seq_lens) // block_size)
+    tables = block_tables[:, :num_blocks]
+    keys = k_cache[tables].flatten(1, 2)  # [B, num_blocks * block_size, kv_heads, d]
+    values = v_cache[tables].flatten(1, 2)
+    lens = torch.tensor(seq_lens, device=q.device)
+    mask = torch.arange(keys.shape[1], device=q.device)[None, :] < lens[:, None]  # [B, L]
+    out = F.scaled_dot_product_attention(
+        q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask[:, None, None, :], scale=scale,
+        enable_gqa=True,
+    )
+    return out[:, :, 0]
 
 
 def _causal_mask(q_len: int, seq_len: int, device) -> torch.Tensor:

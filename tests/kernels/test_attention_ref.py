@@ -1,0 +1,57 @@
+"""The plain-torch paged attention against a dense softmax computation, over mixed decode/prefill batches."""
+
+import pytest
+import torch
+
+from vlmserve.kernels.attention_ref import paged_attention, write_kv_cache
+
+BLOCK_SIZE = 4
+
+
+def dense_causal_attention(q, k, v, scale):
+    """q [q_len, heads, d] as the last q_len positions of k/v [seq_len, kv_heads, d]; GQA by repetition."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+    q_pos = torch.arange(k.shape[0] - q.shape[0], k.shape[0])[:, None]
+    scores = scores.masked_fill(torch.arange(k.shape[0])[None, :] > q_pos, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (8, 1)])
+@pytest.mark.parametrize("q_lens,seq_lens", [([1, 1, 1], [1, 15, 17]), ([5, 1, 16], [5, 16, 33]), ([1, 3], [4, 3])])
+def test_paged_attention_matches_dense_attention(heads, kv_heads, q_lens, seq_lens):
+    generator = torch.Generator().manual_seed(sum(seq_lens) + heads)
+    d, num_blocks = 8, 40
+    k_cache = torch.zeros(num_blocks, BLOCK_SIZE, kv_heads, d)
+    v_cache = torch.zeros_like(k_cache)
+    order = torch.randperm(num_blocks, generator=generator).tolist()
+    tables, contexts, queries, slots = [], [], [], []
+    for q_len, seq_len in zip(q_lens, seq_lens):
+        table = [order.pop() for _ in range(-(-seq_len // BLOCK_SIZE))]
+        k, v = torch.randn(2, seq_len, kv_heads, d, generator=generator)
+        slots += [table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(seq_len)]
+        tables.append(table)
+        contexts.append((k, v))
+        queries.append(torch.randn(q_len, heads, d, generator=generator))
+    write_kv_cache(torch.cat([k for k, _ in contexts]), torch.cat([v for _, v in contexts]), k_cache, v_cache,
+                   torch.tensor(slots))
+    width = max(map(len, tables))
+    block_tables = torch.tensor([t + [0] * (width - len(t)) for t in tables])
+    starts = [0]
+    for q_len in q_lens:
+        starts.append(starts[-1] + q_len)
+    out = paged_attention(torch.cat(queries), k_cache, v_cache, block_tables, seq_lens, starts, d**-0.5)
+    expected = torch.cat([dense_causal_attention(q, k, v, d**-0.5) for q, (k, v) in zip(queries, contexts)])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_write_kv_cache_into_strided_pool_views():
+    pool = torch.zeros(6, 3, 2, BLOCK_SIZE, 2, 4)  # [blocks, layers, k/v, block_size, kv_heads, d]
+    k, v = torch.randn(2, 5, 2, 4)
+    slots = torch.tensor([0, 5, 9, 22, 23])
+    write_kv_cache(k, v, pool[:, 1, 0], pool[:, 1, 1], slots)
+    flat_k = pool[:, 1, 0].reshape(-1, 2, 4)
+    torch.testing.assert_close(flat_k[slots], k)
+    torch.testing.assert_close(pool[:, 1, 1].reshape(-1, 2, 4)[slots], v)
+    assert pool[:, 0].abs().sum() == 0 and pool[:, 2].abs().sum() == 0
