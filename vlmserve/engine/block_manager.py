@@ -27,7 +27,7 @@ class Block:
     image: str | None = None  # content hash of the image whose K/V the block holds
 
 
-@dataclass
+@dataclass(eq=False)
 class ImageEntry:
     content_hash: str
     block_ids: list[int]

@@ -26,7 +26,7 @@ class MultiModalInputs:
     content_hashes: list[str]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the scheduler's list operations must not compare token lists
 class Sequence:
     seq_id: int
     request_id: str
