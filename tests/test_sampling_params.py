@@ -4,14 +4,15 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from vlmserve.sampling_params import SamplingParams
+from vlmserve.sampling_params import SamplingParams, StructuredOutputsParams
 
 
 def test_defaults_match_vllm():
     assert asdict(SamplingParams()) == dict(
         n=1, temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0, presence_penalty=0.0, frequency_penalty=0.0,
         repetition_penalty=1.0, seed=None, stop=[], stop_token_ids=[], max_tokens=16, min_tokens=0,
-        ignore_eos=False, logprobs=None, include_stop_str_in_output=False, skip_special_tokens=True)
+        ignore_eos=False, logprobs=None, include_stop_str_in_output=False, skip_special_tokens=True,
+        structured_outputs=None)
 
 
 @pytest.mark.parametrize("stop, expected", [(None, []), ("###", ["###"]), (["a", "bc"], ["a", "bc"]),
@@ -75,3 +76,52 @@ def test_replace_revalidates():
     with pytest.raises(ValueError, match="max_tokens"):
         replace(SamplingParams(), max_tokens=0)
     assert replace(SamplingParams(stop="x"), max_tokens=3).stop == ["x"]
+
+
+@pytest.mark.parametrize("fields, kind", [
+    (dict(json={"type": "object"}), "json"), (dict(json_object=True), "json_object"), (dict(regex="a+"), "regex"),
+    (dict(choice=("yes", "no")), "choice"), (dict(grammar='root ::= "x"'), "grammar"),
+    (dict(json_object=True, disable_any_whitespace=True), "json_object")])
+def test_structured_outputs_take_exactly_one_kind(fields, kind):
+    assert StructuredOutputsParams(**fields).kind == kind
+
+
+def test_structured_outputs_normalise_json_text_and_choice_tuples():
+    assert StructuredOutputsParams(json='{"type": "integer"}').json == {"type": "integer"}
+    assert StructuredOutputsParams(choice=("a", "b")).choice == ["a", "b"]
+
+
+def test_sampling_params_accept_a_dict_of_structured_outputs():
+    params = SamplingParams(structured_outputs={"regex": "[0-9]+"})
+    assert params.structured_outputs == StructuredOutputsParams(regex="[0-9]+")
+    assert replace(params, max_tokens=3).structured_outputs == params.structured_outputs
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(), "exactly one of json, regex, choice, grammar, json_object; got none"),
+    (dict(regex="a", choice=["a"]), "got regex and choice"),
+    (dict(json={"type": "object"}, json_object=True), "got json and json_object"),
+    (dict(disable_any_whitespace=True), "got none"),
+    (dict(json="{not json"), "structured_outputs.json is not valid JSON"),
+    (dict(json="[1, 2]"), "structured_outputs.json must be a JSON schema object"),
+    (dict(json=3), "structured_outputs.json must be a JSON schema object"),
+    (dict(regex=""), "structured_outputs.regex must be a non-empty string"),
+    (dict(grammar=5), "structured_outputs.grammar must be a non-empty string"),
+    (dict(choice=[]), "structured_outputs.choice must be a non-empty list of strings"),
+    (dict(choice=["a", 1]), "structured_outputs.choice"),
+    (dict(choice="yes"), "structured_outputs.choice"),
+    (dict(json_object=1), "structured_outputs.json_object must be a bool"),
+    (dict(regex="a", disable_any_whitespace="no"), "structured_outputs.disable_any_whitespace must be a bool"),
+])
+def test_invalid_structured_outputs_raise_naming_the_field(fields, match):
+    with pytest.raises(ValueError, match=match):
+        StructuredOutputsParams(**fields)
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(structured_outputs=fields)
+
+
+@pytest.mark.parametrize("value, match", [
+    ({"regex": "a", "schema": {}}, r"unknown field\(s\) \['schema'\]"), ("a+", "must be a StructuredOutputsParams")])
+def test_structured_outputs_of_the_wrong_shape_raise(value, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(structured_outputs=value)

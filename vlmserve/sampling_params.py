@@ -1,9 +1,11 @@
 """What a request may ask of the sampler: vLLM's names and defaults, validated on construction."""
 
+import json
 import math
 from dataclasses import dataclass
 
 MAX_LOGPROBS = 20
+STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object")  # exactly one is set
 
 # name -> (accepts, what is accepted); checked after the type.
 _FLOAT_RANGES = {
@@ -28,12 +30,61 @@ _FLAGS = ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens")
 
 
 @dataclass
+class StructuredOutputsParams:
+    """Constrain a completion to a grammar (vLLM's `structured_outputs`); exactly one field is set.
+
+    `json`: a JSON schema, as a dict or JSON text (normalised to a dict); `json_object`: any JSON object (OpenAI's
+    `response_format={"type": "json_object"}`); `regex`: the whole output matches it; `choice`: the output is one of
+    these strings; `grammar`: an EBNF grammar as xgrammar reads it (rule `root`). `disable_any_whitespace` makes
+    JSON compact (", " and ": " separators only), for models that would otherwise emit whitespace without end.
+    Whether the schema, regex or grammar compiles is checked when the request is added (ValueError), since that
+    needs the tokenizer.
+    """
+
+    json: dict | str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool = False
+    disable_any_whitespace: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("json_object", "disable_any_whitespace"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"structured_outputs.{name} must be a bool, got {getattr(self, name)!r}")
+        chosen = self._set_kinds()
+        if len(chosen) != 1:
+            raise ValueError(f"structured_outputs needs exactly one of {', '.join(STRUCTURED_OUTPUT_KINDS)}; got "
+                             f"{' and '.join(chosen) if chosen else 'none'}")
+        self.json = _normalised_schema(self.json)
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"structured_outputs.{name} must be a non-empty string, got {value!r}")
+        if self.choice is not None:
+            choice = self.choice
+            if not (isinstance(choice, (list, tuple)) and choice and all(isinstance(c, str) for c in choice)):
+                raise ValueError(f"structured_outputs.choice must be a non-empty list of strings, got {choice!r}")
+            self.choice = list(choice)
+
+    @property
+    def kind(self) -> str:
+        """The name of the field that is set: "json", "regex", "choice", "grammar" or "json_object"."""
+        return self._set_kinds()[0]
+
+    def _set_kinds(self) -> list[str]:
+        return [name for name in STRUCTURED_OUTPUT_KINDS if getattr(self, name) not in (None, False)]
+
+
+@dataclass
 class SamplingParams:
     """How to sample one request's completions; every field is checked on construction (ValueError).
 
     top_k 0 and -1 both disable top-k. `stop` and `stop_token_ids` are normalised to lists. `logprobs` is the
     number of top logprobs returned per generated token (0: only the sampled token's). `max_tokens=None` lets the
-    engine fill the rest of the context.
+    engine fill the rest of the context. `structured_outputs` (a StructuredOutputsParams or a dict of its fields)
+    constrains the output to a JSON schema, regex, choice or grammar; a constrained completion ends with "stop" when
+    its grammar is complete, or "length" if max_tokens comes first (its text is then cut short, e.g. invalid JSON).
     """
 
     n: int = 1
@@ -53,6 +104,7 @@ class SamplingParams:
     logprobs: int | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | dict | None = None
 
     def __post_init__(self) -> None:
         for name, (accepts, accepted) in _FLOAT_RANGES.items():
@@ -69,6 +121,7 @@ class SamplingParams:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         self.stop = _normalised_stop(self.stop)
         self.stop_token_ids = _normalised_stop_token_ids(self.stop_token_ids)
+        self.structured_outputs = _structured_outputs(self.structured_outputs)
 
     @property
     def is_greedy(self) -> bool:
@@ -109,3 +162,26 @@ def _normalised_stop_token_ids(token_ids) -> list[int]:
 
 def _is_token_id(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _normalised_schema(schema) -> dict | None:
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"structured_outputs.json is not valid JSON text: {exc}") from exc
+    if schema is not None and not isinstance(schema, dict):
+        raise ValueError(f"structured_outputs.json must be a JSON schema object (dict or JSON text), got {schema!r}")
+    return schema
+
+
+def _structured_outputs(value) -> StructuredOutputsParams | None:
+    if value is None or isinstance(value, StructuredOutputsParams):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"structured_outputs must be a StructuredOutputsParams or a dict, got {value!r}")
+    accepted = (*STRUCTURED_OUTPUT_KINDS, "disable_any_whitespace")
+    unknown = sorted(set(value) - set(accepted))
+    if unknown:
+        raise ValueError(f"structured_outputs has unknown field(s) {unknown}; accepted: {', '.join(accepted)}")
+    return StructuredOutputsParams(**value)

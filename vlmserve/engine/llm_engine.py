@@ -12,6 +12,7 @@ from vlmserve.engine.model_runner import ModelRunner
 from vlmserve.engine.outputs import CompletionOutput, RequestOutput
 from vlmserve.engine.scheduler import Scheduler, SchedulerConfig
 from vlmserve.engine.sequence import Sequence
+from vlmserve.engine.structured_output import StructuredOutputManager
 from vlmserve.models.loader import load_model
 from vlmserve.multimodal.mllama_processor import MllamaImageConfig
 from vlmserve.sampling_params import SamplingParams
@@ -74,7 +75,9 @@ class LLMEngine:
         num_blocks = self._num_kv_blocks(loaded.dtype)
         self.max_model_len = min(config.max_model_len or self.model_config.text.max_position_embeddings,
                                  num_blocks * config.block_size)
-        self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.device, loaded.dtype)
+        self.structured_output = StructuredOutputManager(self.tokenizer, self.model_config.text.vocab_size)
+        self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.device, loaded.dtype,
+                                  self.structured_output)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len),
             BlockManager(num_blocks, config.block_size,
@@ -107,9 +110,13 @@ class LLMEngine:
         max_tokens = self._check_length(prepared, params)
         if max_tokens != params.max_tokens:
             params = replace(params, max_tokens=max_tokens)
+        structured = params.structured_outputs
+        grammar = None if structured is None else self.structured_output.compile(structured)
         request = _Request(request_id, prepared)
         for index in range(params.n):
             seq = self._new_sequence(request_id, prepared, params, index)
+            if grammar is not None:
+                self.structured_output.add(seq.seq_id, grammar, seq.stop_token_ids)
             detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids,
                                                  skip_special_tokens=params.skip_special_tokens)
             request.completions.append(_Completion(seq, detokenizer))
@@ -203,6 +210,7 @@ class LLMEngine:
     def _append_token(self, completion: _Completion, token_id: int, logprobs: dict[int, float] | None) -> None:
         seq = completion.seq
         seq.output_token_ids.append(token_id)
+        self.structured_output.accept(seq.seq_id, token_id)
         if logprobs is not None:
             seq.output_logprobs.append(logprobs)
         previous_len = len(completion.text)
@@ -219,6 +227,8 @@ class LLMEngine:
         num_outputs = len(seq.output_token_ids)
         if token_id in seq.stop_token_ids and num_outputs >= params.min_tokens:
             seq.stop_reason = token_id if token_id in params.stop_token_ids else None
+            return "stop"
+        if self.structured_output.is_terminated(seq.seq_id):
             return "stop"
         if params.stop and num_outputs >= params.min_tokens and self._truncate_at_stop(completion, previous_len):
             return "stop"
@@ -244,6 +254,7 @@ class LLMEngine:
     def _release(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         self.runner.release(seq)
+        self.structured_output.release(seq.seq_id)
 
     @staticmethod
     def _output(request: _Request) -> RequestOutput:

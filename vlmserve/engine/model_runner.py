@@ -6,6 +6,7 @@ import torch
 
 from vlmserve.engine.sampler import Sampler, SamplingMetadata
 from vlmserve.engine.scheduler import ScheduledBatch
+from vlmserve.engine.structured_output import StructuredOutputManager
 from vlmserve.engine.sequence import MultiModalInputs, Sequence
 from vlmserve.layers.attention_metadata import AttentionMetadata, SeqCrossInputs
 
@@ -20,8 +21,10 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
+                 structured_output: StructuredOutputManager):
         self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.structured_output = structured_output
         self.block_size, self.num_blocks = block_size, num_blocks
         self.vocab_size = model.config.text.vocab_size
         self.sampler = Sampler()
@@ -183,6 +186,7 @@ class ModelRunner:
             self.device,
             banned_token_ids=[self._banned_tokens(seq) for seq in seqs],
         )
+        metadata.banned_mask = self._with_grammar_mask(seqs, metadata.banned_mask)
         out = self.sampler(logits, metadata)
         token_ids = out.sampled_token_ids.tolist()
         return StepResult(seqs, token_ids, self._logprobs(seqs, token_ids, out.logprobs))
@@ -196,6 +200,15 @@ class ModelRunner:
             generator.manual_seed((seq.params.seed * 1_000_003 + seq.index) % (1 << 63))
             self.generators[seq.seq_id] = generator
         return self.generators[seq.seq_id]
+
+    def _with_grammar_mask(self, seqs: list[Sequence], banned: torch.Tensor | None) -> torch.Tensor | None:
+        """The step's [B, V] banned mask plus what each constrained row's grammar forbids. Where min_tokens bans the
+        stop tokens that are all the grammar still allows, the grammar wins: its output must stay valid."""
+        grammar = self.structured_output.banned_mask([seq.seq_id for seq in seqs], self.device)
+        if grammar is None or banned is None:
+            return banned if grammar is None else grammar
+        combined = banned | grammar
+        return torch.where(combined.all(dim=-1, keepdim=True), grammar, combined)
 
     @staticmethod
     def _banned_tokens(seq: Sequence) -> list[int]:
