@@ -1,7 +1,9 @@
-"""vlmserve command line: generate | make-tiny."""
+"""vlmserve command line: serve | generate | make-tiny."""
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from vlmserve.models.tiny import ensure_demo_model, write_tiny_checkpoint
 
@@ -41,6 +43,62 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from vlmserve.config import EngineConfig
+    from vlmserve.server.config import ServerConfig
+    from vlmserve.server.image_fetch import ImageFetchConfig
+    from vlmserve.server.launch import serve
+    from vlmserve.server.pricing import PriceTable, load_pricing
+
+    model = _resolve_model(args)
+    engine_config = EngineConfig(
+        model=model, dtype=args.dtype, device=args.device, load_format=args.load_format,
+        transformers_compat=args.transformers_compat, num_kv_blocks=args.num_kv_blocks,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len, max_image_pixels=args.max_image_pixels,
+        gpu_memory_utilization=args.gpu_memory_utilization)
+    env_key = os.environ.get("VLMSERVE_API_KEY")
+    server_config = ServerConfig(
+        served_model_name=args.served_model_name or Path(model).name,
+        api_keys=tuple(args.api_key) + ((env_key,) if env_key else ()),
+        pricing=load_pricing(args.pricing) if args.pricing else PriceTable(),
+        max_output_tokens=args.max_output_tokens, max_images_per_request=args.max_images_per_request,
+        max_image_bytes=args.max_image_bytes, max_queue=args.max_queue,
+        image_fetch=ImageFetchConfig(timeout_s=args.image_fetch_timeout, max_bytes=args.max_image_bytes,
+                                     allow_private=args.allow_private_image_urls))
+    serve(engine_config, server_config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _add_serve_options(serve: argparse.ArgumentParser) -> None:
+    from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS
+    from vlmserve.server import config as limits
+
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", help="the model name clients send (default: the model directory's)")
+    serve.add_argument("--api-key", action="append", default=[],
+                       help="accept this Bearer key (repeatable; also $VLMSERVE_API_KEY); none: no auth")
+    serve.add_argument("--pricing", help="JSON price table (see README); default: $0.35/$0.40 per 1M tokens in/out, "
+                                         "$0.0005058 per image")
+    serve.add_argument("--max-model-len", type=int, help="context length (default: the model's, if the KV cache fits)")
+    serve.add_argument("--max-num-seqs", type=int, default=256, help="sequences generated at once")
+    serve.add_argument("--max-num-batched-tokens", type=int, default=8192, help="tokens per engine step")
+    serve.add_argument("--num-kv-blocks", type=int, help="KV-cache blocks (default: sized from memory)")
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    serve.add_argument("--max-queue", type=int, default=limits.DEFAULT_MAX_QUEUE,
+                       help="requests admitted beyond --max-num-seqs; more get 429 with Retry-After")
+    serve.add_argument("--max-output-tokens", type=int, default=limits.DEFAULT_MAX_OUTPUT_TOKENS)
+    serve.add_argument("--max-images-per-request", type=int, default=limits.DEFAULT_MAX_IMAGES_PER_REQUEST)
+    serve.add_argument("--max-image-bytes", type=int, default=limits.DEFAULT_MAX_IMAGE_BYTES,
+                       help="largest image, fetched or inline")
+    serve.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
+    serve.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds per image URL")
+    serve.add_argument("--allow-private-image-urls", action="store_true",
+                       help="let image URLs reach loopback and private networks (trusted clients only)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
 def cmd_make_tiny(args) -> int:
     path = write_tiny_checkpoint(args.directory, seed=args.seed)
     print(f"wrote a tiny random-weight Llama 3.2 Vision checkpoint to {path} (for trying the system, not answers)")
@@ -50,6 +108,11 @@ def cmd_make_tiny(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmserve", description="Serve Meta's multimodal Llama models.")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
+    _add_model_options(serve)
+    _add_serve_options(serve)
+    serve.set_defaults(func=cmd_serve)
 
     generate = commands.add_parser("generate", help="answer one prompt, with optional images")
     _add_model_options(generate)

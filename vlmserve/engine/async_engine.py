@@ -91,6 +91,11 @@ class AsyncLLMEngine:
         return len(self.engine.scheduler.waiting)
 
     @property
+    def is_stopped(self) -> bool:
+        """True once the loop has failed or the engine was shut down: no request can be served any more."""
+        return self._dead is not None
+
+    @property
     def kv_cache_usage(self) -> float:
         blocks = self.engine.scheduler.block_manager
         return 1 - blocks.num_free_blocks / blocks.num_blocks

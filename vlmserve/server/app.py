@@ -1,0 +1,95 @@
+"""The FastAPI app: routes, auth, error bodies, metrics, and a lifespan that drains then stops the engine.
+
+Uvicorn's graceful shutdown (SIGTERM, Ctrl-C) stops accepting connections and waits for the requests in flight;
+only then does the lifespan end, shutting the engine down and closing the image fetcher.
+"""
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from vlmserve.engine.async_engine import AsyncLLMEngine
+from vlmserve.server.auth import authenticate
+from vlmserve.server.config import ServerConfig
+from vlmserve.server.engine_client import EngineClient
+from vlmserve.server.errors import install_error_handlers
+from vlmserve.server.image_fetch import ImageFetcher
+from vlmserve.server.metrics import Metrics
+from vlmserve.server.middleware import CountRequests, LimitBodySize
+from vlmserve.server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TokenizeResponse,
+)
+from vlmserve.server.serving_chat import create_chat_completion
+from vlmserve.server.serving_completions import create_completion
+from vlmserve.server.serving_tokens import detokenize, tokenize
+
+logger = logging.getLogger("vlmserve.server")
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}
+STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "data: <chunk JSON> ... data: [DONE]"}}}
+
+
+def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
+    metrics = Metrics(engine.engine)
+    fetcher = ImageFetcher(config.image_fetch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            yield
+        finally:
+            logger.info("requests drained; stopping the engine")
+            await engine.shutdown()
+            await fetcher.aclose()
+
+    app = FastAPI(title="vlmserve", summary="OpenAI-compatible server for Llama 3.2 Vision", lifespan=lifespan)
+    app.state.client = EngineClient(engine, config, metrics)
+    app.state.fetcher = fetcher
+    install_error_handlers(app)
+    app.add_middleware(LimitBodySize, max_bytes=config.max_request_bytes)
+    app.add_middleware(CountRequests, metrics=metrics)
+    _add_routes(app, metrics)
+    return app
+
+
+def _add_routes(app: FastAPI, metrics: Metrics) -> None:
+    guarded = [Depends(authenticate)]
+
+    @app.get("/health", summary="200 while the engine runs, 503 once it has stopped")
+    async def health(request: Request) -> Response:
+        if request.app.state.client.engine_dead:
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/models", dependencies=guarded, responses=ERRORS)
+    async def models(request: Request) -> ModelList:
+        client: EngineClient = request.app.state.client
+        return ModelList(data=[ModelCard(id=client.config.served_model_name, max_model_len=client.max_model_len)])
+
+    @app.post("/v1/chat/completions", response_model=None, responses={**ERRORS, 200: {
+        "model": ChatCompletionResponse, "content": STREAM}})
+    async def chat(body: ChatCompletionRequest, request: Request, key: str = Depends(authenticate)):
+        return await create_chat_completion(body, request, key)
+
+    @app.post("/v1/completions", response_model=None, responses={**ERRORS, 200: {
+        "model": CompletionResponse, "content": STREAM}})
+    async def completions(body: CompletionRequest, request: Request, key: str = Depends(authenticate)):
+        return await create_completion(body, request, key)
+
+    app.post("/tokenize", dependencies=guarded, responses=ERRORS, response_model=TokenizeResponse)(tokenize)
+    app.post("/detokenize", dependencies=guarded, responses=ERRORS, response_model=DetokenizeResponse)(detokenize)
+
+    @app.get("/metrics", dependencies=guarded, response_class=Response, summary="Prometheus text format")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

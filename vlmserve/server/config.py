@@ -1,0 +1,50 @@
+"""What the HTTP server enforces on top of the engine: names, keys, prices and per-request limits."""
+
+from dataclasses import dataclass, field
+
+from vlmserve.server.image_fetch import ImageFetchConfig
+from vlmserve.server.pricing import PriceTable
+
+MiB = 1 << 20
+
+# Defaults from the hosted model page (shared/reference): 16 384 max output tokens. The page names no image
+# count; Meta advises one image per inference and each Mllama image costs 4 tiles x 1601 cross-attention K/V
+# rows, so the default caps a request at 8 images.
+DEFAULT_MAX_OUTPUT_TOKENS = 16384
+DEFAULT_MAX_IMAGES_PER_REQUEST = 8
+DEFAULT_MAX_IMAGE_BYTES = 20 * MiB
+DEFAULT_MAX_QUEUE = 256
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Validated once where the server is built; the engine's own limits (context, pixels) live in EngineConfig.
+
+    `max_queue` counts requests admitted beyond the engine's `max_num_seqs` running slots: one more gets 429.
+    """
+
+    served_model_name: str
+    api_keys: tuple[str, ...] = ()
+    pricing: PriceTable = field(default_factory=PriceTable)
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_queue: int = DEFAULT_MAX_QUEUE
+    image_fetch: ImageFetchConfig = field(default_factory=ImageFetchConfig)
+
+    def __post_init__(self):
+        if not self.served_model_name:
+            raise ValueError("served_model_name must be a non-empty string")
+        if any(not key for key in self.api_keys):
+            raise ValueError("an API key must be a non-empty string")
+        for name in ("max_output_tokens", "max_image_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_images_per_request", "max_queue"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body worth reading: every image at its limit as base64, plus 1 MiB of text."""
+        return self.max_images_per_request * (self.max_image_bytes * 4 // 3 + 64) + MiB
