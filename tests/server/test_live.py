@@ -111,3 +111,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(demo_model_dir):
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 300
     assert response.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_private_image_urls_are_refused_without_the_flag(client):
+    for url in ("http://127.0.0.1:9/cat.png", "http://localhost/cat.png", "http://169.254.169.254/latest"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model=MODEL, messages=[image_message("x", url)], max_tokens=2)
+        assert refused.value.status_code == 400 and "refused" in refused.value.body["message"]

@@ -16,6 +16,9 @@ from vlmserve.sampling_params import StructuredOutputsParams
 from vlmserve.tokenizer.tokenizer import Tokenizer
 
 _ANY_JSON_OBJECT = '{"type": "object"}'  # what vLLM compiles for json_object
+# Whitespace characters allowed between two JSON tokens: enough for pretty-printing nested ten deep, and a bound on
+# the known failure where a model pads with whitespace until max_tokens and the JSON never closes.
+MAX_JSON_WHITESPACE = 20
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # "[18:23:00] /project/cpp/regex_converter.cc:83: "
 
 
@@ -34,12 +37,12 @@ class StructuredOutputManager:
     def compile(self, params: StructuredOutputsParams) -> xgr.CompiledGrammar:
         """The request's grammar; a schema, regex or grammar xgrammar rejects raises ValueError."""
         compiler = self._grammar_compiler()
-        any_whitespace = not params.disable_any_whitespace
+        whitespace = {"any_whitespace": not params.disable_any_whitespace, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
         try:
             if params.json is not None:
-                return compiler.compile_json_schema(json.dumps(params.json), any_whitespace=any_whitespace)
+                return compiler.compile_json_schema(json.dumps(params.json), **whitespace)
             if params.json_object:
-                return compiler.compile_json_schema(_ANY_JSON_OBJECT, any_whitespace=any_whitespace)
+                return compiler.compile_json_schema(_ANY_JSON_OBJECT, **whitespace)
             if params.regex is not None:
                 return compiler.compile_regex(params.regex)
             if params.choice is not None:
