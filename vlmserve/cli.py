@@ -1,4 +1,4 @@
-"""vlmserve command line: serve | generate | make-tiny."""
+"""vlmserve command line: serve | generate | make-tiny | eval."""
 
 import argparse
 import os
@@ -105,6 +105,74 @@ def cmd_make_tiny(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from vlmserve.evals.tasks import TASKS
+
+    if args.list_tasks:
+        for name, task in TASKS.items():
+            print(f"{name}: {task.metric} on {task.split} (model card: {task.card_split}), "
+                  f"max_tokens {task.max_tokens}")
+            print(f"    {task.description}")
+            print(f"    data: <--data>/{name}/ holding {task.layout}")
+        return 0
+    from vlmserve.evals.runner import evaluate
+
+    endpoints = _eval_endpoints(args)
+    if not args.task:
+        raise ValueError(f"give --task (repeatable); known tasks: {', '.join(TASKS)}")
+    if not args.data:
+        raise ValueError("give --data DIR: a local copy of the datasets, one sub-directory per task (see --list-tasks)")
+    if not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data} is not a directory")
+    try:
+        results = evaluate(endpoints, args.task, args.data, args.output, limit=args.limit,
+                           concurrency=args.concurrency, temperature=args.temperature, seed=args.seed,
+                           timeout_s=args.timeout, max_retries=args.max_retries)
+    except KeyboardInterrupt:
+        print(f"[vlmserve] interrupted: the answers so far are saved under {args.output}; run the same command "
+              "again to continue", file=sys.stderr)
+        return 130
+    for name, task in results["tasks"].items():
+        for label, summary in task["endpoints"].items():
+            score = "no score" if summary["score_pct"] is None else f"{summary['score_pct']:.1f}"
+            print(f"{name}\t{label}\t{score}\t({summary['num_scored']} scored, {summary['num_errors']} errors)")
+    print(f"[vlmserve] report: {Path(args.output) / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+def _eval_endpoints(args) -> list:
+    from vlmserve.evals.endpoint import Endpoint
+
+    if not args.endpoint or len(args.endpoint) != len(args.model):
+        raise ValueError(f"give --endpoint URL --model NAME in pairs (got {len(args.endpoint)} endpoints and "
+                         f"{len(args.model)} models)")
+    if args.api_key and len(args.api_key) != len(args.endpoint):
+        raise ValueError(f"give one --api-key per --endpoint, in the same order ('' for none): got "
+                         f"{len(args.api_key)} keys for {len(args.endpoint)} endpoints")
+    keys = args.api_key or [os.environ.get("VLMSERVE_EVAL_API_KEY")] * len(args.endpoint)
+    return [Endpoint(url, model, key or None) for url, model, key in zip(args.endpoint, args.model, keys)]
+
+
+def _add_eval_options(evaluate: argparse.ArgumentParser) -> None:
+    evaluate.add_argument("--endpoint", action="append", default=[],
+                          help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000 (repeatable, with --model)")
+    evaluate.add_argument("--model", action="append", default=[], help="model name to send to the matching --endpoint")
+    evaluate.add_argument("--api-key", action="append", default=[],
+                          help="Bearer key per --endpoint, same order (default: $VLMSERVE_EVAL_API_KEY for all)")
+    evaluate.add_argument("--task", action="append", default=[], help="task name (repeatable; see --list-tasks)")
+    evaluate.add_argument("--data", help="local datasets: one sub-directory per task, named after the task")
+    evaluate.add_argument("--output", default="vlmserve-eval",
+                          help="answer cache and report; rerunning into the same directory resumes "
+                               "(default: %(default)s)")
+    evaluate.add_argument("--limit", type=int, help="the first N items of each task")
+    evaluate.add_argument("--concurrency", type=int, default=8, help="requests in flight per endpoint")
+    evaluate.add_argument("--temperature", type=float, default=0.0)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    evaluate.add_argument("--max-retries", type=int, default=5, help="on 429, 5xx, timeouts and connection errors")
+    evaluate.add_argument("--list-tasks", action="store_true", help="list the tasks, their metrics and data layouts")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmserve", description="Serve Meta's multimodal Llama models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_make_tiny)
+
+    evaluate = commands.add_parser("eval", help="score OpenAI-compatible endpoints on benchmarks, side by side")
+    _add_eval_options(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
     return parser
 
 
