@@ -13,6 +13,7 @@ from vlmserve.engine.outputs import CompletionOutput, RequestOutput
 from vlmserve.engine.scheduler import Scheduler, SchedulerConfig
 from vlmserve.engine.sequence import Sequence
 from vlmserve.engine.structured_output import StructuredOutputManager
+from vlmserve.engine.vision_state import VisionState
 from vlmserve.models.loader import load_model
 from vlmserve.multimodal.mllama_processor import MllamaImageConfig
 from vlmserve.sampling_params import SamplingParams
@@ -81,7 +82,7 @@ class LLMEngine:
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len),
             BlockManager(num_blocks, config.block_size,
-                         blocks_per_image=ModelRunner.blocks_per_image(self.model_config, config.block_size),
+                         blocks_per_image=VisionState.blocks_per_image(self.model_config, config.block_size),
                          enable_prefix_caching=config.enable_prefix_caching,
                          key_every_image=config.transformers_compat))
         self.eos_token_ids = tuple(sorted(set(self.tokenizer.stop_token_ids) | set(self.model_config.text.eos_token_ids)))
@@ -185,7 +186,7 @@ class LLMEngine:
             prefix_cache_hit_tokens=blocks.stats.hit_tokens,
             encoder_cache_queried_images=blocks.stats.queried_images,
             encoder_cache_hit_images=blocks.stats.hit_images,
-            num_images_encoded=self.runner.num_images_encoded,
+            num_images_encoded=self.runner.vision.num_images_encoded,
         )
 
     def step(self) -> list[RequestOutput]:

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from vlmserve.kernels.attention_ref import masked_attention, paged_attention, write_kv_cache
-from vlmserve.layers.attention_metadata import AttentionMetadata
+from vlmserve.layers.attention_metadata import AttentionMetadata, CrossBatch
 
 
 class PagedAttention(nn.Module):
@@ -30,16 +30,12 @@ class PagedAttention(nn.Module):
         )
 
 
-def cross_attention(q: torch.Tensor, layer_idx: int, metadata: AttentionMetadata, scale: float) -> torch.Tensor:
-    """Each sequence's queries [T, heads, d] over its own vision K/V; rows of sequences without images get 0."""
-    out = torch.zeros_like(q)
-    for i, cross in enumerate(metadata.cross):
-        if cross is None:
-            continue
-        start, end = metadata.query_start_loc[i], metadata.query_start_loc[i + 1]
-        k_rows, v_rows = cross.kv_rows[layer_idx]
-        k, v = metadata.vision_kv_pool[k_rows], metadata.vision_kv_pool[v_rows]
-        attended = masked_attention(q[start:end], k, v, cross.mask, scale)
-        out[start:end] = attended * cross.attn_row_scale[:, :, None]
+def cross_attention(q: torch.Tensor, layer_idx: int, cross: CrossBatch, scale: float) -> torch.Tensor:
+    """The cross-attending rows' queries [R, heads, d], each sequence's over its own vision K/V."""
+    out = torch.empty_like(q)
+    for i, inputs in enumerate(cross.seqs):
+        start, end = cross.query_start_loc[i], cross.query_start_loc[i + 1]
+        k_rows, v_rows = inputs.kv_rows[layer_idx]
+        out[start:end] = masked_attention(q[start:end], cross.kv_pool[k_rows], cross.kv_pool[v_rows], inputs.mask,
+                                          scale)
     return out
-

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmserve.layers.attention import PagedAttention, cross_attention
-from vlmserve.layers.attention_metadata import AttentionMetadata
+from vlmserve.layers.attention_metadata import AttentionMetadata, CrossBatch
 from vlmserve.layers.layernorm import RMSNorm
 from vlmserve.layers.rotary_embedding import RotaryEmbedding
 from vlmserve.models.mllama_config import MllamaConfig, MllamaTextConfig
@@ -71,9 +71,9 @@ class TextCrossAttention(nn.Module):
         v = self.v_proj(vision_states).view(-1, self.num_kv_heads, self.head_dim)
         return k, v
 
-    def forward(self, x, layer_idx: int, metadata: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x, layer_idx: int, cross: CrossBatch) -> torch.Tensor:
         q = self.q_norm(self.q_proj(x).view(-1, self.num_heads, self.head_dim))
-        return self.o_proj(cross_attention(q, layer_idx, metadata, self.head_dim**-0.5).flatten(1))
+        return self.o_proj(cross_attention(q, layer_idx, cross, self.head_dim**-0.5).flatten(1))
 
 
 class SelfAttentionDecoderLayer(nn.Module):
@@ -90,7 +90,8 @@ class SelfAttentionDecoderLayer(nn.Module):
 
 
 class CrossAttentionDecoderLayer(nn.Module):
-    """Gated cross-attention block; rows that see no image keep their input (the MLP branch is dropped)."""
+    """Gated cross-attention block, computed only on the rows the step's CrossBatch names; the others keep their
+    input. Rows that see no image (transformers' rule only) keep the attention branch and drop the MLP branch."""
 
     def __init__(self, config: MllamaTextConfig, layer_idx: int):
         super().__init__()
@@ -103,12 +104,15 @@ class CrossAttentionDecoderLayer(nn.Module):
         self.cross_attn_mlp_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, positions, x, metadata: AttentionMetadata) -> torch.Tensor:
-        if not metadata.has_cross:
+        cross = metadata.cross
+        if cross is None:
             return x
-        attn = self.cross_attn(self.input_layernorm(x), self.layer_idx, metadata)
-        x = x + self.cross_attn_attn_gate.tanh() * attn
-        mlp = self.mlp(self.post_attention_layernorm(x)) * metadata.cross_mlp_scale
-        return x + self.cross_attn_mlp_gate.tanh() * mlp
+        h = x[cross.rows]
+        h = h + self.cross_attn_attn_gate.tanh() * self.cross_attn(self.input_layernorm(h), self.layer_idx, cross)
+        mlp = self.mlp(self.post_attention_layernorm(h))
+        if cross.mlp_scale is not None:
+            mlp = mlp * cross.mlp_scale
+        return x.index_copy(0, cross.rows, h + self.cross_attn_mlp_gate.tanh() * mlp)
 
 
 class MllamaTextModel(nn.Module):
