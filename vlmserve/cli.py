@@ -117,7 +117,7 @@ def cmd_eval(args) -> int:
         return 0
     from vlmserve.evals.runner import evaluate
 
-    endpoints = _eval_endpoints(args)
+    endpoints, extractor = _eval_endpoints(args), _eval_extractor(args)
     if not args.task:
         raise ValueError(f"give --task (repeatable); known tasks: {', '.join(TASKS)}")
     if not args.data:
@@ -127,7 +127,7 @@ def cmd_eval(args) -> int:
     try:
         results = evaluate(endpoints, args.task, args.data, args.output, limit=args.limit,
                            concurrency=args.concurrency, temperature=args.temperature, seed=args.seed,
-                           timeout_s=args.timeout, max_retries=args.max_retries)
+                           timeout_s=args.timeout, max_retries=args.max_retries, extractor=extractor)
     except KeyboardInterrupt:
         print(f"[vlmserve] interrupted: the answers so far are saved under {args.output}; run the same command "
               "again to continue", file=sys.stderr)
@@ -153,6 +153,18 @@ def _eval_endpoints(args) -> list:
     return [Endpoint(url, model, key or None) for url, model, key in zip(args.endpoint, args.model, keys)]
 
 
+def _eval_extractor(args):
+    """The LLM answer extractor, or None for rule-based extraction."""
+    from vlmserve.evals.endpoint import Endpoint
+
+    if bool(args.extractor_endpoint) != bool(args.extractor_model):
+        raise ValueError("give --extractor-endpoint URL and --extractor-model NAME together")
+    if not args.extractor_endpoint:
+        return None
+    key = args.extractor_api_key or os.environ.get("VLMSERVE_EVAL_EXTRACTOR_API_KEY")
+    return Endpoint(args.extractor_endpoint, args.extractor_model, key or None)
+
+
 def _add_eval_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--endpoint", action="append", default=[],
                           help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000 (repeatable, with --model)")
@@ -170,6 +182,12 @@ def _add_eval_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     evaluate.add_argument("--max-retries", type=int, default=5, help="on 429, 5xx, timeouts and connection errors")
+    evaluate.add_argument("--extractor-endpoint",
+                          help="OpenAI-compatible server of an LLM answer extractor for the tasks that use one "
+                               "(MathVista, as in the official code); default: rule-based extraction")
+    evaluate.add_argument("--extractor-model", help="model name to send to --extractor-endpoint")
+    evaluate.add_argument("--extractor-api-key",
+                          help="Bearer key for --extractor-endpoint (default: $VLMSERVE_EVAL_EXTRACTOR_API_KEY)")
     evaluate.add_argument("--list-tasks", action="store_true", help="list the tasks, their metrics and data layouts")
 
 

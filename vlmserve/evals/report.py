@@ -65,7 +65,7 @@ def _totals(results: dict) -> list[str]:
 
 def _task_section(name: str, task: dict) -> list[str]:
     lines = [f"## {name}", "", f"{task['description'].rstrip('.')}. Metric: {task['metric']}; split: "
-             f"{task['split']}; {task['num_items']} items.", ""]
+             f"{task['split']}; {task['num_items']} items; answer extraction: {task['extraction']}.", ""]
     if not task["comparable_to_card"]:
         lines += [f"> Local validation numbers on `{task['split']}`; the model card reports `{task['card_split']}`, "
                   "so they are not directly comparable.", ""]

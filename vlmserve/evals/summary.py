@@ -24,7 +24,8 @@ def endpoint_labels(endpoints: list[Endpoint]) -> dict[str, str]:
 
 
 def summarise(endpoints: list[Endpoint], tasks: list[Task], items: dict[str, list[EvalItem]],
-              records: dict[str, dict[str, dict[str, dict]]], settings: dict) -> dict:
+              records: dict[str, dict[str, dict[str, dict]]], settings: dict,
+              extractor: Endpoint | None = None) -> dict:
     """records[endpoint.key][task.name][item_id] -> record. Returns the dict written to results.json."""
     labels = endpoint_labels(endpoints)
     by_task = {task.name: {labels[e.key]: [records[e.key][task.name][item.item_id] for item in items[task.name]]
@@ -34,15 +35,23 @@ def summarise(endpoints: list[Endpoint], tasks: list[Task], items: dict[str, lis
         "binary_threshold": BINARY_THRESHOLD,
         "endpoints": [{"label": labels[e.key], "url": e.chat_url, "model": e.model, "records": f"records/{e.key}"}
                       for e in endpoints],
-        "tasks": {task.name: _task(task, len(items[task.name]), by_task[task.name]) for task in tasks},
+        "tasks": {task.name: _task(task, len(items[task.name]), by_task[task.name], extractor) for task in tasks},
         "totals": {label: _usage([r for task in tasks for r in by_task[task.name][label]])
                    for label in labels.values()},
     }
 
 
-def _task(task: Task, num_items: int, by_label: dict[str, list[dict]]) -> dict:
+def extraction_method(task: Task, extractor: Endpoint | None) -> str:
+    """How the task's answers were extracted: scores from different extractors are not comparable."""
+    if extractor is None or not task.uses_extractor:
+        return "rules"
+    return f"LLM extractor {extractor.model} at {extractor.chat_url}"
+
+
+def _task(task: Task, num_items: int, by_label: dict[str, list[dict]], extractor: Endpoint | None) -> dict:
     return {
-        "description": task.description, "metric": task.metric, "split": task.split, "card_split": task.card_split,
+        "description": task.description, "metric": task.metric,
+        "extraction": extraction_method(task, extractor), "split": task.split, "card_split": task.card_split,
         "comparable_to_card": task.split == task.card_split, "layout": task.layout,
         "prompt_template": task.prompt_template, "max_tokens": task.max_tokens, "num_items": num_items,
         "reference_scores_pct": dict(task.reference_scores),

@@ -3,7 +3,12 @@ functions of a response and its gold answers, so a stored run can be re-scored w
 
 from vlmserve.evals.metrics.anls import anls
 from vlmserve.evals.metrics.chartqa import chartqa_final_answer, relaxed_accuracy
-from vlmserve.evals.metrics.mathvista import extract_mathvista_answer, mathvista_correct, normalize_mathvista_answer
+from vlmserve.evals.metrics.mathvista import (
+    extract_mathvista_answer,
+    mathvista_correct,
+    normalize_mathvista_answer,
+    quick_mathvista_answer,
+)
 from vlmserve.evals.metrics.mmmu import eval_open, mmmu_score, mmmu_subject, normalize_str, parse_open_response
 from vlmserve.evals.metrics.multiple_choice import (
     eval_multi_choice,
@@ -29,6 +34,7 @@ __all__ = [
     "parse_mmmu_pro_response",
     "parse_multi_choice_response",
     "parse_open_response",
+    "quick_mathvista_answer",
     "relaxed_accuracy",
     "vqa_accuracy",
 ]

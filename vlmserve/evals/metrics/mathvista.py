@@ -45,23 +45,12 @@ def _answer_text(response: str) -> str:
     return response if not found else found
 
 
-def extract_mathvista_answer(
-    response: str,
-    question_type: str,
-    answer_type: str,
-    choices: list[str] | None = None,
-    precision: float | None = None,
+def quick_mathvista_answer(
+    response: str, question_type: str, answer_type: str, choices: list[str] | None = None
 ) -> str | None:
-    """The answer in a response, or None when the rules find none (count that wrong).
-
-    Official quick rules, in order: "" for an empty response; the response itself when it is exactly one
-    of the choices (multi_choice) or reads as an int (integer) or a float (float, returned as str(float));
-    the text in `The answer is "..."`. Our rules in place of the LLM: take the last \\boxed{...}, else the
-    line after the last "answer:"/"answer is", else the whole response; for multi_choice, parse an option
-    letter out of it with MMMU's parser (None if it would have to guess); for integer and float, its last
-    number (thousands commas removed); otherwise that text without a final period. `precision` is accepted
-    for symmetry with `mathvista_correct` and, as in the official extractor, not used.
-    """
+    """The official extractor's first rules, applied before it asks its LLM: "" for an empty response; the
+    response itself when it is exactly one of the choices (multi_choice) or reads as an int (integer) or a
+    float (float, returned as str(float)). None when none applies: the answer has to be looked for."""
     if question_type == "multi_choice" and not choices:
         raise ValueError("a multi_choice MathVista question needs its choices")
     if response == "":
@@ -72,6 +61,28 @@ def extract_mathvista_answer(
         return str(int(response))
     if answer_type == "float" and _is_number(response, float):
         return str(float(response))
+    return None
+
+
+def extract_mathvista_answer(
+    response: str,
+    question_type: str,
+    answer_type: str,
+    choices: list[str] | None = None,
+    precision: float | None = None,
+) -> str | None:
+    """The answer in a response, or None when the rules find none (count that wrong).
+
+    Official quick rules, in order: `quick_mathvista_answer`, then the text in `The answer is "..."`. Our
+    rules in place of the LLM: take the last \\boxed{...}, else the line after the last "answer:"/"answer
+    is", else the whole response; for multi_choice, parse an option letter out of it with MMMU's parser
+    (None if it would have to guess); for integer and float, its last number (thousands commas removed);
+    otherwise that text without a final period. `precision` is accepted for symmetry with `mathvista_correct`
+    and, as in the official extractor, not used.
+    """
+    quick = quick_mathvista_answer(response, question_type, answer_type, choices)
+    if quick is not None:
+        return quick
     quoted = _QUOTED_ANSWER.search(response)
     if quoted:
         return quoted.group(1)

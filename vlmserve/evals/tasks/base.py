@@ -42,6 +42,7 @@ class Task:
     max_tokens: int
     reference_scores: dict[str, float]  # model-card figures in percent
     config: str | None = None  # the sub-folder of a multi-config HF repository, used when present
+    uses_extractor = False  # whether an LLM answer extractor, when one is given, extracts this task's answers
 
     def load(self, data_dir: Path, limit: int | None = None) -> list[EvalItem]:
         """All items of the split (the first `limit`); raises `DataError` naming what is missing."""
@@ -68,6 +69,15 @@ class Task:
         raise NotImplementedError
 
     def score(self, item: EvalItem, output: str) -> Score:
+        raise NotImplementedError
+
+    def extractor_prompt(self, item: EvalItem, output: str) -> str | None:
+        """For tasks that use an extractor: the prompt asking it for the answer in `output`, or None where the
+        task's quick rules already read the answer (then `score` gives the same result without a request)."""
+        raise NotImplementedError
+
+    def score_extracted(self, item: EvalItem, extraction: str) -> Score:
+        """For tasks that use an extractor: the score of the answer it extracted."""
         raise NotImplementedError
 
 
