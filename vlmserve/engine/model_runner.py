@@ -31,6 +31,7 @@ class ModelRunner:
         self.vocab_size = model.config.text.vocab_size
         self.sampler = Sampler()
         self.generators: dict[int, torch.Generator] = {}
+        self.prompt_tensors: dict[int, torch.Tensor] = {}
         self._allocate_kv_cache()
 
     def _allocate_kv_cache(self) -> None:
@@ -73,6 +74,7 @@ class ModelRunner:
 
     def release(self, seq: Sequence) -> None:
         self.generators.pop(seq.seq_id, None)
+        self.prompt_tensors.pop(seq.seq_id, None)
 
     def _prepare(self, seqs: list[Sequence], num_new_tokens: list[int]):
         input_ids, positions, slots, query_start_loc, seq_positions = [], [], [], [0], []
@@ -101,7 +103,7 @@ class ModelRunner:
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> StepResult:
         metadata = SamplingMetadata.build(
             [seq.params for seq in seqs],
-            [seq.prompt_token_ids for seq in seqs],
+            [self._prompt_tensor(seq) for seq in seqs],
             [seq.output_token_ids for seq in seqs],
             [self._generator(seq) for seq in seqs],
             self.vocab_size,
@@ -112,6 +114,12 @@ class ModelRunner:
         out = self.sampler(logits, metadata)
         token_ids = out.sampled_token_ids.tolist()
         return StepResult(seqs, token_ids, self._logprobs(seqs, token_ids, out.logprobs))
+
+    def _prompt_tensor(self, seq: Sequence) -> torch.Tensor:
+        """The prompt's ids as a tensor, made once per sequence: the repetition penalty reads them every step."""
+        if seq.seq_id not in self.prompt_tensors:
+            self.prompt_tensors[seq.seq_id] = self._tensor(seq.prompt_token_ids)
+        return self.prompt_tensors[seq.seq_id]
 
     def _generator(self, seq: Sequence) -> torch.Generator | None:
         """A per-sequence generator when the request is seeded: its draws depend on nothing else."""

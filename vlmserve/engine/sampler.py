@@ -25,7 +25,7 @@ class SamplingMetadata:
     seen_mask: torch.Tensor | None  # [B, V] bool: token in the prompt or the output
     presence_penalty: torch.Tensor | None  # [B] float
     frequency_penalty: torch.Tensor | None  # [B] float
-    output_counts: torch.Tensor | None  # [B, V] long: occurrences among generated tokens only
+    output_counts: torch.Tensor | None  # [B, V] float32: occurrences among generated tokens only
     banned_mask: torch.Tensor | None  # [B, V] bool: forced to -inf this step
     generators: list[torch.Generator | None]  # per row: the request's own generator when it is seeded
     max_num_logprobs: int | None  # the most top logprobs any row asked for; None when no row did
@@ -179,11 +179,15 @@ def _column_if_used(params: list[SamplingParams], name: str, is_used, dtype: tor
     return torch.tensor(values, dtype=dtype, device=device) if any(map(is_used, values)) else None
 
 
-def _seen_mask(prompt_token_ids: list[list[int]], output_token_ids: list[list[int]], vocab_size: int,
+def _seen_mask(prompt_token_ids: list, output_token_ids: list, vocab_size: int,
                device: torch.device) -> torch.Tensor:
     """[B, V] bool: the id occurs in the row's prompt or output."""
-    seen = [[*prompt, *output] for prompt, output in zip(prompt_token_ids, output_token_ids)]
-    return _token_counts(seen, vocab_size, device) > 0
+    rows = [torch.cat([torch.as_tensor(prompt, dtype=torch.long, device=device),
+                       torch.as_tensor(output, dtype=torch.long, device=device)])
+            for prompt, output in zip(prompt_token_ids, output_token_ids)]
+    row_of, ids = _flat_ids(rows, vocab_size, device)
+    mask = torch.zeros(len(rows), vocab_size + 1, dtype=torch.bool, device=device)
+    return mask.index_put_((row_of, ids), torch.ones_like(ids, dtype=torch.bool))[:, :vocab_size]
 
 
 def _banned_mask(banned_token_ids: list[list[int]] | None, vocab_size: int,
@@ -194,14 +198,21 @@ def _banned_mask(banned_token_ids: list[list[int]] | None, vocab_size: int,
     return _token_counts(banned_token_ids, vocab_size, device) > 0
 
 
-def _token_counts(token_ids: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
-    """[B, V] long: occurrences of each id per row; ids outside [0, V) land in a discarded extra column."""
-    width = max(map(len, token_ids), default=0)
-    padded = torch.tensor([list(ids) + [vocab_size] * (width - len(ids)) for ids in token_ids],
-                          dtype=torch.long, device=device)  # [B, L]
-    padded = torch.where((padded >= 0) & (padded < vocab_size), padded, vocab_size)
-    counts = torch.zeros(len(token_ids), vocab_size + 1, dtype=torch.long, device=device)
-    return counts.scatter_add_(1, padded, torch.ones_like(padded))[:, :vocab_size]
+def _token_counts(token_ids: list, vocab_size: int, device: torch.device) -> torch.Tensor:
+    """[B, V] float32: occurrences of each id per row (float: the penalties multiply them with float logits)."""
+    row_of, ids = _flat_ids(token_ids, vocab_size, device)
+    counts = torch.zeros(len(token_ids), vocab_size + 1, dtype=torch.float32, device=device)
+    return counts.index_put_((row_of, ids), torch.ones_like(ids, dtype=torch.float32), accumulate=True)[:, :vocab_size]
+
+
+def _flat_ids(token_ids: list, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's ids (lists or 1-D tensors) flattened, with the row each came from; ids outside [0, V) are moved
+    to column V, which callers drop. Tensors let a caller keep long prompts out of per-step Python loops."""
+    rows = [torch.as_tensor(ids, dtype=torch.long, device=device) for ids in token_ids]
+    flat = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long, device=device)
+    flat = torch.where((flat >= 0) & (flat < vocab_size), flat, vocab_size)
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    return torch.repeat_interleave(torch.arange(len(rows), device=device), lengths), flat
 
 
 def _logprobs_of(raw_logprobs: torch.Tensor | None, token_ids: torch.Tensor,
