@@ -77,9 +77,9 @@ class BlockManager:
             hits.append(block_id)
         return hits
 
-    def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
-        """Blocks a sequence holds when it has `num_tokens` tokens: its tokens' and its images'."""
-        return self.blocks_for(num_tokens) + len(_distinct_images(seq)) * self.blocks_per_image
+    def image_blocks(self, content_hashes: list[str]) -> int:
+        """Blocks the K/V of these images take (an image sent twice is held once)."""
+        return len(set(content_hashes)) * self.blocks_per_image
 
     def can_allocate(self, seq: Sequence, num_tokens: int, hits: list[int] = ()) -> bool:
         """Whether the sequence can hold `num_tokens` tokens, taking the cached blocks `hits` first (and, when

@@ -138,7 +138,7 @@ class LLMEngine:
         """
         num_prompt = len(prepared.prompt_token_ids)
         block_manager = self.scheduler.block_manager
-        image_blocks = block_manager.blocks_needed(self._new_sequence("probe", prepared, params), 0)
+        image_blocks = block_manager.image_blocks(prepared.multimodal.content_hashes if prepared.multimodal else [])
         cache_tokens = (block_manager.num_blocks - image_blocks) * block_manager.block_size
         limit, what = min((self.max_model_len, "the context length"), (cache_tokens, "what the KV cache holds"))
         room = limit - num_prompt

@@ -39,17 +39,17 @@ class VisionState:
         for seq, seq_positions, start in zip(seqs, positions, starts):
             if seq.multimodal is None:
                 continue
-            sees = self._sees_image(seq.multimodal, seq_positions, seq.num_prompt_tokens).any(dim=1).tolist()
+            sees_image = self._sees_image(seq.multimodal, seq_positions, seq.num_prompt_tokens)
+            sees_any = sees_image.any(dim=1)
             # Tokens that see an image form a suffix of the chunk: every position from the first marker on does.
-            first = 0 if self.model.transformers_compat else next((i for i, s in enumerate(sees) if s), len(sees))
-            if first == len(sees):
+            first = 0 if self.model.transformers_compat else len(sees_any) - int(sees_any.sum())
+            if first == len(sees_any):
                 continue
             self._encode_missing(seq)
-            rows.extend(range(start + first, start + len(sees)))
+            rows.extend(range(start + first, start + len(sees_any)))
             query_start_loc.append(len(rows))
-            mask = self._mask(seq.multimodal, seq_positions[first:], seq.num_prompt_tokens)
-            inputs.append(SeqCrossInputs(self._kv_rows(seq), mask))
-            mlp_scales.append(torch.tensor(sees[first:], dtype=self.dtype, device=self.device)[:, None])
+            inputs.append(SeqCrossInputs(self._kv_rows(seq), self._mask(seq.multimodal, sees_image[first:])))
+            mlp_scales.append(sees_any[first:, None].to(self.dtype))
         if not inputs:
             return None
         mlp_scale = torch.cat(mlp_scales) if self.model.transformers_compat else None
@@ -93,12 +93,11 @@ class VisionState:
         ends = torch.tensor([r[1] for r in mm.token_ranges], device=self.device)[None, :]
         return (pos >= starts) & (pos < ends)
 
-    def _mask(self, mm: MultiModalInputs, positions: list[int], prompt_len: int) -> torch.Tensor:
-        """[q, images*tiles*patches] bool: the vision tokens each token attends to (padded tiles never). A row that
-        sees no image (only under transformers' rule) attends to everything, as transformers does."""
-        sees_image = self._sees_image(mm, positions, prompt_len)
+    def _mask(self, mm: MultiModalInputs, sees_image: torch.Tensor) -> torch.Tensor:
+        """[q, images*tiles*patches] bool from which images each token sees [q, images]: their real tiles' vision
+        tokens. A row that sees no image (only under transformers' rule) attends to everything, as transformers does."""
         max_tiles = mm.pixel_values.shape[1]
         real_tile = torch.arange(max_tiles, device=self.device)[None, :] < torch.tensor(mm.num_tiles, device=self.device)[:, None]
         mask = sees_image[:, :, None, None] & real_tile[None, :, :, None]
-        mask = mask.expand(-1, -1, -1, self.model.config.vision.num_patches).reshape(len(positions), -1)
+        mask = mask.expand(-1, -1, -1, self.model.config.vision.num_patches).reshape(len(sees_image), -1)
         return mask | ~sees_image.any(dim=1, keepdim=True)

@@ -30,12 +30,13 @@ def paged_attention(
     token (decodes) are attended in one padded batch; longer ones (prefill chunks) one by one.
     """
     out = torch.empty_like(q)
-    decodes = [i for i in range(len(seq_lens)) if query_start_loc[i + 1] - query_start_loc[i] == 1]
+    q_lens = [end - start for start, end in zip(query_start_loc, query_start_loc[1:])]
+    decodes = [i for i, q_len in enumerate(q_lens) if q_len == 1]
     if decodes:
         rows = torch.tensor([query_start_loc[i] for i in decodes], device=q.device)
         lens = [seq_lens[i] for i in decodes]
         out[rows] = _decode_attention(q[rows], k_cache, v_cache, block_tables[decodes], lens, scale)
-    for i in sorted(set(range(len(seq_lens))) - set(decodes)):
+    for i in (i for i, q_len in enumerate(q_lens) if q_len > 1):
         start, end = query_start_loc[i], query_start_loc[i + 1]
         keys, values = _gather_context(k_cache, v_cache, block_tables[i], seq_lens[i])
         mask = _causal_mask(end - start, seq_lens[i], q.device)
