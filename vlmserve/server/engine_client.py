@@ -17,7 +17,8 @@ from vlmserve.sampling_params import SamplingParams
 from vlmserve.server.config import ServerConfig
 from vlmserve.server.errors import APIError, ClientDisconnected
 from vlmserve.server.metrics import Metrics
-from vlmserve.server.protocol import Usage
+from vlmserve.server.protocol import SamplingRequest, Usage
+from vlmserve.server.sampling import reject_unsupported, sampling_params
 
 RETRY_AFTER_S = 1
 
@@ -35,6 +36,15 @@ class Slot:
         if not self.released:
             self.released = True
             self.client.num_active -= 1
+
+
+@dataclass
+class Started:
+    """A request the engine has accepted: its parameters, its outputs (the first one included) and its slot."""
+
+    params: SamplingParams
+    outputs: AsyncIterator[RequestOutput]
+    slot: Slot
 
 
 class EngineClient:
@@ -69,6 +79,26 @@ class EngineClient:
     async def prepare(self, fn: Callable[..., PreparedInput], *args, **kwargs) -> PreparedInput:
         """Tokenizing and image decoding/tiling are CPU work: a worker thread, not the event loop."""
         return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def start(self, request: Request, key: str, body: SamplingRequest,
+                    prepare: Callable[[], Awaitable[PreparedInput]]) -> Started:
+        """What every generating endpoint does first: check the model and the fields, take a place in the queue,
+        prepare the input and its sampling parameters (giving the place back if that fails), then start
+        generating and wait for the first output, so that errors the engine raises when the request is added
+        become an HTTP error rather than a broken stream."""
+        self.check_model(body.model)
+        reject_unsupported(body)
+        slot = self.admit(key)
+        try:
+            prepared = await prepare()
+            params = sampling_params(body, len(prepared.prompt_token_ids), self.max_model_len,
+                                     self.config.max_output_tokens)
+        except BaseException:
+            slot.release()
+            raise
+        outputs = self.generate(prepared, params, slot)
+        first = await until_disconnected(request, slot, outputs, anext(outputs))
+        return Started(params, with_first(first, outputs), slot)
 
     def usage(self, prompt_tokens: int, completion_tokens: int, num_images: int) -> Usage:
         price = self.config.pricing.price(self.config.served_model_name)
@@ -131,9 +161,13 @@ async def until_disconnected(request: Request, slot: Slot, outputs: AsyncIterato
 
 
 async def with_first(first: RequestOutput, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
-    yield first
-    async for output in outputs:
-        yield output
+    """`first`, then the rest of `outputs`; closing it closes `outputs` (which aborts the request)."""
+    try:
+        yield first
+        async for output in outputs:
+            yield output
+    finally:
+        await outputs.aclose()
 
 
 async def _disconnected(request: Request) -> None:

@@ -8,7 +8,7 @@ from fastapi import Request
 from vlmserve.engine.outputs import RequestOutput
 from vlmserve.sampling_params import SamplingParams
 from vlmserve.server.chat_images import resolve_images
-from vlmserve.server.engine_client import EngineClient, collect, until_disconnected, with_first
+from vlmserve.server.engine_client import EngineClient, collect, until_disconnected
 from vlmserve.server.logprobs import chat_logprobs
 from vlmserve.server.protocol import (
     AssistantMessage,
@@ -19,7 +19,6 @@ from vlmserve.server.protocol import (
     ChatCompletionResponse,
     Delta,
 )
-from vlmserve.server.sampling import reject_unsupported, sampling_params
 from vlmserve.server.sse import event, event_stream
 
 
@@ -38,27 +37,21 @@ def chat_options(body) -> dict:
 
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, key: str):
     client: EngineClient = request.app.state.client
-    client.check_model(body.model)
-    reject_unsupported(body)
-    slot = client.admit(key)
-    try:
-        config = client.config
+    config = client.config
+
+    async def prepare():
         messages = await resolve_images(body.messages, request.app.state.fetcher,
                                         max_images=config.max_images_per_request,
                                         max_image_bytes=config.max_image_bytes)
-        prepared = await client.prepare(client.llm.input_processor.process_chat, messages, **chat_options(body))
-        params = sampling_params(body, len(prepared.prompt_token_ids), client.max_model_len,
-                                 config.max_output_tokens)
-    except BaseException:
-        slot.release()
-        raise
-    outputs = client.generate(prepared, params, slot)
-    first = await until_disconnected(request, slot, outputs, anext(outputs))
+        return await client.prepare(client.llm.input_processor.process_chat, messages, **chat_options(body))
+
+    started = await client.start(request, key, body, prepare)
+    params = started.params
     response_id, model = f"chatcmpl-{uuid.uuid4().hex}", config.served_model_name
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return event_stream(_chunks(client, with_first(first, outputs), params, response_id, model, include_usage))
-    last, choices = await until_disconnected(request, slot, outputs, collect(with_first(first, outputs)))
+        return event_stream(_chunks(client, started.outputs, params, response_id, model, include_usage))
+    last, choices = await until_disconnected(request, started.slot, started.outputs, collect(started.outputs))
     tokenizer = client.llm.tokenizer
     return ChatCompletionResponse(
         id=response_id, model=model,

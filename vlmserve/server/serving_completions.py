@@ -10,33 +10,23 @@ from fastapi import Request
 
 from vlmserve.engine.outputs import CompletionOutput, RequestOutput
 from vlmserve.sampling_params import SamplingParams
-from vlmserve.server.engine_client import EngineClient, collect, until_disconnected, with_first
+from vlmserve.server.engine_client import EngineClient, collect, until_disconnected
 from vlmserve.server.logprobs import completion_logprobs
 from vlmserve.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse
-from vlmserve.server.sampling import reject_unsupported, sampling_params
 from vlmserve.server.sse import event, event_stream
 
 
 async def create_completion(body: CompletionRequest, request: Request, key: str):
     client: EngineClient = request.app.state.client
-    client.check_model(body.model)
-    reject_unsupported(body)
-    slot = client.admit(key)
-    try:
-        prompt = body.prompt if isinstance(body.prompt, str) else {"prompt_token_ids": body.prompt}
-        prepared = await client.prepare(client.llm.input_processor.process_prompt, prompt)
-        params = sampling_params(body, len(prepared.prompt_token_ids), client.max_model_len,
-                                 client.config.max_output_tokens)
-    except BaseException:
-        slot.release()
-        raise
-    outputs = client.generate(prepared, params, slot)
-    first = await until_disconnected(request, slot, outputs, anext(outputs))
+    prompt = body.prompt if isinstance(body.prompt, str) else {"prompt_token_ids": body.prompt}
+    started = await client.start(request, key, body,
+                                 lambda: client.prepare(client.llm.input_processor.process_prompt, prompt))
+    params = started.params
     response_id, model = f"cmpl-{uuid.uuid4().hex}", client.config.served_model_name
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return event_stream(_chunks(client, with_first(first, outputs), params, response_id, model, include_usage))
-    last, choices = await until_disconnected(request, slot, outputs, collect(with_first(first, outputs)))
+        return event_stream(_chunks(client, started.outputs, params, response_id, model, include_usage))
+    last, choices = await until_disconnected(request, started.slot, started.outputs, collect(started.outputs))
     return CompletionResponse(
         id=response_id, model=model, choices=[_choice(client, c, params, 0) for c in choices],
         usage=client.usage(len(last.prompt_token_ids), sum(len(c.token_ids) for c in choices), last.num_images))
