@@ -8,19 +8,25 @@ from vlmserve.kernels.attention_ref import paged_attention, write_kv_cache
 BLOCK_SIZE = 4
 
 
-def dense_causal_attention(q, k, v, scale):
-    """q [q_len, heads, d] as the last q_len positions of k/v [seq_len, kv_heads, d]; GQA by repetition."""
+def dense_causal_attention(q, k, v, scale, chunk_size=None):
+    """q [q_len, heads, d] as the last q_len positions of k/v [seq_len, kv_heads, d]; GQA by repetition; with
+    chunk_size, keys outside the query's chunk are hidden too."""
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = torch.einsum("qhd,khd->hqk", q, k) * scale
     q_pos = torch.arange(k.shape[0] - q.shape[0], k.shape[0])[:, None]
-    scores = scores.masked_fill(torch.arange(k.shape[0])[None, :] > q_pos, float("-inf"))
+    k_pos = torch.arange(k.shape[0])[None, :]
+    hidden = k_pos > q_pos
+    if chunk_size is not None:
+        hidden |= k_pos // chunk_size != q_pos // chunk_size
+    scores = scores.masked_fill(hidden, float("-inf"))
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 8])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (8, 1)])
 @pytest.mark.parametrize("q_lens,seq_lens", [([1, 1, 1], [1, 15, 17]), ([5, 1, 16], [5, 16, 33]), ([1, 3], [4, 3])])
-def test_paged_attention_matches_dense_attention(heads, kv_heads, q_lens, seq_lens):
+def test_paged_attention_matches_dense_attention(heads, kv_heads, q_lens, seq_lens, chunk_size):
     generator = torch.Generator().manual_seed(sum(seq_lens) + heads)
     d, num_blocks = 8, 40
     k_cache = torch.zeros(num_blocks, BLOCK_SIZE, kv_heads, d)
@@ -41,8 +47,9 @@ def test_paged_attention_matches_dense_attention(heads, kv_heads, q_lens, seq_le
     starts = [0]
     for q_len in q_lens:
         starts.append(starts[-1] + q_len)
-    out = paged_attention(torch.cat(queries), k_cache, v_cache, block_tables, seq_lens, starts, d**-0.5)
-    expected = torch.cat([dense_causal_attention(q, k, v, d**-0.5) for q, (k, v) in zip(queries, contexts)])
+    out = paged_attention(torch.cat(queries), k_cache, v_cache, block_tables, seq_lens, starts, d**-0.5, chunk_size)
+    expected = torch.cat([dense_causal_attention(q, k, v, d**-0.5, chunk_size)
+                          for q, (k, v) in zip(queries, contexts)])
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -23,11 +23,13 @@ def paged_attention(
     seq_lens: list[int],
     query_start_loc: list[int],
     scale: float,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of new queries [T, heads, head_dim] over each sequence's cached context.
 
     The new tokens of a sequence are the last `q_len` of its `seq_len` context tokens. Sequences with one new
-    token (decodes) are attended in one padded batch; longer ones (prefill chunks) one by one.
+    token (decodes) are attended in one padded batch; longer ones (prefill chunks) one by one. With
+    `chunk_size` (Llama 4's local layers) a query at position i sees only keys j <= i with j // C == i // C.
     """
     out = torch.empty_like(q)
     q_lens = [end - start for start, end in zip(query_start_loc, query_start_loc[1:])]
@@ -35,11 +37,11 @@ def paged_attention(
     if decodes:
         rows = torch.tensor([query_start_loc[i] for i in decodes], device=q.device)
         lens = [seq_lens[i] for i in decodes]
-        out[rows] = _decode_attention(q[rows], k_cache, v_cache, block_tables[decodes], lens, scale)
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, block_tables[decodes], lens, scale, chunk_size)
     for i in (i for i, q_len in enumerate(q_lens) if q_len > 1):
         start, end = query_start_loc[i], query_start_loc[i + 1]
         keys, values = _gather_context(k_cache, v_cache, block_tables[i], seq_lens[i])
-        mask = _causal_mask(end - start, seq_lens[i], q.device)
+        mask = _causal_mask(end - start, seq_lens[i], q.device, chunk_size)
         out[start:end] = masked_attention(q[start:end], keys, values, mask, scale)
     return out
 
@@ -50,7 +52,8 @@ def _gather_context(k_cache, v_cache, block_table: torch.Tensor, seq_len: int):
     return k_cache[blocks].flatten(0, 1)[:seq_len], v_cache[blocks].flatten(0, 1)[:seq_len]
 
 
-def _decode_attention(q, k_cache, v_cache, block_tables, seq_lens: list[int], scale: float) -> torch.Tensor:
+def _decode_attention(q, k_cache, v_cache, block_tables, seq_lens: list[int], scale: float,
+                      chunk_size: int | None = None) -> torch.Tensor:
     """q [B, heads, d], one query per sequence at its last position -> [B, heads, d]."""
     block_size = k_cache.shape[1]
     num_blocks = -(-max(seq_lens) // block_size)
@@ -58,7 +61,10 @@ def _decode_attention(q, k_cache, v_cache, block_tables, seq_lens: list[int], sc
     keys = k_cache[tables].flatten(1, 2)  # [B, num_blocks * block_size, kv_heads, d]
     values = v_cache[tables].flatten(1, 2)
     lens = torch.tensor(seq_lens, device=q.device)
-    mask = torch.arange(keys.shape[1], device=q.device)[None, :] < lens[:, None]  # [B, L]
+    key_pos = torch.arange(keys.shape[1], device=q.device)[None, :]
+    mask = key_pos < lens[:, None]  # [B, L]
+    if chunk_size is not None:
+        mask &= key_pos >= (lens[:, None] - 1) // chunk_size * chunk_size
     out = F.scaled_dot_product_attention(
         q[:, :, None], keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask[:, None, None, :], scale=scale,
         enable_gqa=True,
@@ -66,9 +72,13 @@ def _decode_attention(q, k_cache, v_cache, block_tables, seq_lens: list[int], sc
     return out[:, :, 0]
 
 
-def _causal_mask(q_len: int, seq_len: int, device) -> torch.Tensor:
+def _causal_mask(q_len: int, seq_len: int, device, chunk_size: int | None = None) -> torch.Tensor:
     query_pos = torch.arange(seq_len - q_len, seq_len, device=device)[:, None]
-    return torch.arange(seq_len, device=device)[None, :] <= query_pos  # [q_len, seq_len]
+    key_pos = torch.arange(seq_len, device=device)[None, :]
+    mask = key_pos <= query_pos  # [q_len, seq_len]
+    if chunk_size is not None:
+        mask &= key_pos // chunk_size == query_pos // chunk_size
+    return mask
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:

@@ -8,12 +8,14 @@ from vlmserve.layers.attention_metadata import AttentionMetadata, CrossBatch
 
 
 class PagedAttention(nn.Module):
-    """Writes the step's K/V into this layer's paged cache, then attends over each sequence's context."""
+    """Writes the step's K/V into this layer's paged cache, then attends over each sequence's context (only its
+    own `chunk_size`-aligned chunk of it when chunk_size is set: Llama 4's local-attention layers)."""
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, chunk_size: int | None = None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim**-0.5
+        self.chunk_size = chunk_size
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
@@ -26,7 +28,7 @@ class PagedAttention(nn.Module):
         write_kv_cache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
         return paged_attention(
             q, self.k_cache, self.v_cache, metadata.block_tables, metadata.seq_lens, metadata.query_start_loc,
-            self.scale,
+            self.scale, self.chunk_size,
         )
 
 
