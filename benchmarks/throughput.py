@@ -33,8 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from vlmserve.bench.hf_peer import PAD_TOKEN, hf_example, run_hf  # noqa: E402  (after the path is set)
+
 IMAGE_TOKEN = 128256
-PAD_TOKEN = 128004
 DATE = "26 Jul 2024"  # fixed, so the text-only system block (and so prompt lengths) never change
 BUSY_LIMIT = 0.15  # cores kept busy by other processes above which a timing counts as disturbed
 GATES = {"gate", "gate_attn", "gate_ffn", "cross_attn_attn_gate", "cross_attn_mlp_gate"}
@@ -100,49 +101,6 @@ def make_conversations(num_prompts: int, seed: int) -> list[list[dict]]:
     return conversations
 
 
-def hf_example(prepared) -> dict:
-    """One prompt as transformers' unbatched inputs (cross-attention mask as transformers' processor builds it)."""
-    ids = torch.tensor(prepared.prompt_token_ids)
-    mm = prepared.multimodal
-    if mm is None:
-        return {"input_ids": ids}
-    num_images, max_tiles = mm.aspect_ratio_mask.shape
-    cross = torch.zeros(len(ids), num_images, max_tiles, dtype=torch.long)
-    for k, ((start, end), tiles) in enumerate(zip(mm.token_ranges, mm.num_tiles)):
-        cross[start:end, k, :tiles] = 1
-    return {"input_ids": ids, "pixel_values": mm.pixel_values, "aspect_ratio_ids": mm.aspect_ratio_ids,
-            "aspect_ratio_mask": mm.aspect_ratio_mask, "cross_attention_mask": cross}
-
-
-def hf_batch(examples: list[dict]) -> dict:
-    """Left-pad a list of same-kind examples into one generate() call."""
-    longest = max(len(e["input_ids"]) for e in examples)
-    batch = len(examples)
-    ids = torch.full((batch, longest), PAD_TOKEN, dtype=torch.long)
-    attention = torch.zeros(batch, longest, dtype=torch.long)
-    for b, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[b, longest - n:] = e["input_ids"]
-        attention[b, longest - n:] = 1
-    inputs = {"input_ids": ids, "attention_mask": attention}
-    if "pixel_values" in examples[0]:
-        images = max(e["pixel_values"].shape[0] for e in examples)
-        tiles, *pixel_shape = examples[0]["pixel_values"].shape[1:]
-        pixels = torch.zeros(batch, images, tiles, *pixel_shape)
-        ratio_ids = torch.zeros(batch, images, dtype=torch.long)
-        ratio_mask = torch.zeros(batch, images, tiles, dtype=torch.long)
-        cross = torch.zeros(batch, longest, images, tiles, dtype=torch.long)
-        for b, e in enumerate(examples):
-            k, n = e["pixel_values"].shape[0], len(e["input_ids"])
-            pixels[b, :k] = e["pixel_values"]
-            ratio_ids[b, :k] = e["aspect_ratio_ids"]
-            ratio_mask[b, :k] = e["aspect_ratio_mask"]
-            cross[b, longest - n:, :k] = e["cross_attention_mask"]
-        inputs.update(pixel_values=pixels, aspect_ratio_ids=ratio_ids, aspect_ratio_mask=ratio_mask,
-                      cross_attention_mask=cross)
-    return inputs
-
-
 # ------------------------------------------------------------------------------------------------- runners
 def run_ours(llm, conversations, lengths: list[int]) -> tuple[float, list[list[int]]]:
     from vlmserve import SamplingParams
@@ -152,35 +110,6 @@ def run_ours(llm, conversations, lengths: list[int]) -> tuple[float, list[list[i
     outputs = llm.chat(conversations, params, use_tqdm=False, date_string=DATE)
     elapsed = time.perf_counter() - start
     return elapsed, [o.outputs[0].token_ids for o in outputs]
-
-
-def run_hf(model, examples: list[dict], lengths: list[int], batch_size: int) -> tuple[float, list[list[int]], list]:
-    """Text-only and image prompts in separate left-padded batches, each sorted by length to limit padding. A
-    batch generates as many tokens as its longest request wants (generate() has one length per call); each
-    request keeps its own first `lengths[i]`."""
-    order = sorted(range(len(examples)), key=lambda i: ("pixel_values" in examples[i], len(examples[i]["input_ids"])))
-    groups, current = [], []
-    for i in order:
-        if current and (len(current) == batch_size or
-                        ("pixel_values" in examples[i]) != ("pixel_values" in examples[current[0]])):
-            groups.append(current)
-            current = []
-        current.append(i)
-    if current:
-        groups.append(current)
-    results: list[list[int] | None] = [None] * len(examples)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for group in groups:
-            inputs = hf_batch([examples[i] for i in group])
-            max_tokens = max(lengths[i] for i in group)
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                                 pad_token_id=PAD_TOKEN)
-            new = out[:, inputs["input_ids"].shape[1]:].tolist()
-            for i, tokens in zip(group, new):
-                results[i] = tokens[: lengths[i]]
-    elapsed = time.perf_counter() - start
-    return elapsed, results, [len(g) for g in groups]
 
 
 # ---------------------------------------------------------------------------------------------------- main

@@ -1,4 +1,4 @@
-"""vlmserve command line: serve | generate | make-tiny | eval."""
+"""vlmserve command line: serve | generate | make-tiny | eval | bench."""
 
 import argparse
 import os
@@ -8,8 +8,10 @@ from pathlib import Path
 from vlmserve.models.tiny import ensure_demo_model, write_tiny_checkpoint
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model directory (Hugging Face layout); default: the tiny random demo model")
+def _add_model_options(parser: argparse.ArgumentParser,
+                       model_help: str = "model directory (Hugging Face layout); default: the tiny random demo model"
+                       ) -> None:
+    parser.add_argument("--model", help=model_help)
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
@@ -191,6 +193,60 @@ def _add_eval_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--list-tasks", action="store_true", help="list the tasks, their metrics and data layouts")
 
 
+def cmd_bench(args) -> int:
+    from vlmserve.bench import report
+    from vlmserve.bench.model_source import resolve_model
+
+    options = dict(dtype=args.dtype, device=args.device, load_format=args.load_format,
+                   transformers_compat=args.transformers_compat, compare_hf=args.compare_hf)
+    with resolve_model(_resolve_model(args), load_format=args.load_format, hf_overrides=args.hf_overrides) as source:
+        if args.bench == "latency":
+            from vlmserve.bench.latency import LatencySettings, run_latency
+
+            settings = LatencySettings(tuple(args.batch_sizes), args.prompt_len, args.image_tiles, args.output_len,
+                                       args.warmup, args.iters)
+            results = run_latency(source, settings, **options)
+            report.print_latency(results)
+        else:
+            from vlmserve.bench.throughput import ThroughputSettings, run_throughput
+
+            settings = ThroughputSettings(args.num_prompts, args.input_len, args.output_len, args.image_fraction,
+                                          args.image_tiles, args.hf_batch_size)
+            results = run_throughput(source, settings, **options)
+            report.print_throughput(results)
+    if args.json:
+        report.write_json(results, args.json)
+    return 0
+
+
+def _add_bench_options(commands) -> None:
+    from vlmserve.bench.model_source import shipped_configs
+
+    bench = commands.add_parser("bench", help="measure latency or throughput, optionally beside transformers")
+    kinds = bench.add_subparsers(dest="bench", required=True)
+    latency = kinds.add_parser("latency", help="TTFT, decode tok/s per batch size, peak memory, memory roofline")
+    throughput = kinds.add_parser("throughput", help="offline tok/s of LLM.generate on synthetic prompts")
+    for parser, output_len in ((latency, 32), (throughput, 64)):
+        _add_model_options(parser, model_help="model directory, config.json, or shipped config name ("
+                           f"{', '.join(shipped_configs())}); default: the tiny random demo model")
+        parser.add_argument("--hf-overrides", help="JSON deep-merged into the config, e.g. "
+                            "'{\"text_config\": {\"num_hidden_layers\": 4}}'")
+        parser.add_argument("--image-tiles", type=int, default=4, help="tiles of each synthetic image")
+        parser.add_argument("--output-len", type=int, default=output_len, help="new tokens per request (EOS ignored)")
+        parser.add_argument("--compare-hf", action="store_true",
+                            help="also run transformers on the same weights and inputs (implies --transformers-compat)")
+        parser.add_argument("--json", help="also write the results to this file")
+        parser.set_defaults(func=cmd_bench)
+    latency.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    latency.add_argument("--prompt-len", type=int, default=48, help="prompt tokens, <|image|> and BOS included")
+    latency.add_argument("--warmup", type=int, default=3, help="untimed TTFT runs and decode steps")
+    latency.add_argument("--iters", type=int, default=5, help="timed TTFT runs (the median is reported)")
+    throughput.add_argument("--num-prompts", type=int, default=64)
+    throughput.add_argument("--input-len", type=int, default=128, help="prompt tokens, <|image|> and BOS included")
+    throughput.add_argument("--image-fraction", type=float, default=0.5, help="share of prompts with one image")
+    throughput.add_argument("--hf-batch-size", type=int, default=16, help="transformers generate() batch size")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmserve", description="Serve Meta's multimodal Llama models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score OpenAI-compatible endpoints on benchmarks, side by side")
     _add_eval_options(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    _add_bench_options(commands)
     return parser
 
 

@@ -1,0 +1,138 @@
+"""`vlmserve bench latency | throughput` on the shipped 11B config shrunk to toy size by --hf-overrides (dummy
+weights, float32, CPU), beside transformers; the error paths; and the decode-step byte count of the real 11B."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from vlmserve.bench.model_source import SHIPPED_CONFIGS, deep_merge, resolve_model, shipped_configs
+from vlmserve.bench.roofline import decode_step_bytes, text_decoder_weight_bytes
+from vlmserve.cli import main
+from vlmserve.models.registry import resolve_model_family
+
+TOY_11B = {
+    "text_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                    "intermediate_size": 128, "cross_attention_layers": [1]},
+    "vision_config": {"hidden_size": 32, "num_hidden_layers": 2, "num_global_layers": 1, "attention_heads": 2,
+                      "intermediate_size": 64, "intermediate_layers_indices": [1], "vision_output_dim": 64,
+                      "image_size": 56},
+}
+TOY = ["--model", "llama-3.2-11b-vision", "--load-format", "dummy", "--dtype", "float32", "--device", "cpu",
+       "--hf-overrides", json.dumps(TOY_11B)]
+
+
+def test_latency_reports_every_figure_beside_transformers(tmp_path, capsys):
+    out = tmp_path / "latency.json"
+    code = main(["bench", "latency", *TOY, "--batch-sizes", "1", "2", "--output-len", "5", "--warmup", "1",
+                 "--iters", "2", "--compare-hf", "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "TTFT ms" in table and "decode tok/s, batch 2" in table and "roofline" in table
+    results = json.loads(out.read_text())
+    assert results["model"]["hf_overrides"] == TOY_11B and results["model"]["transformers_compat"] is True
+    assert results["settings"]["timed_decode_steps"] == 3
+    assert results["copy_bandwidth"]["bytes_per_s"] > 0
+    ours, theirs = results["vlmserve"], results["transformers"]
+    for system in (ours, theirs):
+        assert system["ttft_ms"] > 0 and len(system["ttft_ms_all"]) == 2
+        assert [d["batch_size"] for d in system["decode"]] == [1, 2]
+        for entry in system["decode"]:
+            assert entry["tokens_per_s"] > 0 and entry["step_ms"] > 0
+            assert 0 < entry["fraction"] <= 1 and entry["roofline_ms"] > 0
+            step = entry["bytes_per_step"]
+            assert step["total"] == step["weights"] + step["kv_cache"] + step["vision_kv"]
+            # 1 cross layer x K,V x 2 heads x 16 dims x 4 bytes x 4 tiles x 17 vision tokens, per request
+            assert step["vision_kv"] == entry["batch_size"] * 2 * 2 * 16 * 4 * 4 * 17
+            assert len(entry["tokens"]) == entry["batch_size"] and len(entry["tokens"][0]) == 5
+    assert ours["peak_memory_bytes"] > 0 and ours["peak_memory_kind"] == "process peak RSS"
+    comparison = results["comparison"]
+    assert comparison["ttft_speedup"] > 0 and set(comparison["decode_speedup"]) == {"1", "2"}
+    assert comparison["greedy_tokens_identical"] is True  # the tiny float32 model decodes alike in both
+
+
+def test_throughput_beside_transformers(tmp_path, capsys):
+    out = tmp_path / "throughput.json"
+    code = main(["bench", "throughput", *TOY, "--num-prompts", "4", "--input-len", "20", "--output-len", "4",
+                 "--image-fraction", "0.5", "--hf-batch-size", "2", "--compare-hf", "--json", str(out)])
+    assert code == 0
+    assert "output tok/s" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert results["num_image_prompts"] == 2
+    for name in ("vlmserve", "transformers"):
+        system = results[name]
+        assert system["output_tokens"] == 16 and system["prompt_tokens"] == 80
+        assert system["output_tokens_per_s"] > 0 and system["total_tokens_per_s"] > system["output_tokens_per_s"]
+    assert results["comparison"]["identical_completions"] == 4 and results["comparison"]["throughput_ratio"] > 0
+
+
+def test_config_without_weights_needs_dummy(capsys):
+    assert main(["bench", "latency", "--model", "llama-3.2-11b-vision"]) == 2
+    error = capsys.readouterr().err
+    assert "without weights" in error and "--load-format dummy" in error
+
+
+def test_unknown_model_lists_the_shipped_configs(capsys):
+    assert main(["bench", "throughput", "--model", "llama-9-vision", "--load-format", "dummy"]) == 2
+    error = capsys.readouterr().err
+    assert "llama-9-vision" in error
+    assert all(name in error for name in ["llama-3.2-11b-vision", "llama-3.2-90b-vision"])
+    assert set(shipped_configs()) >= {"llama-3.2-11b-vision", "llama-3.2-90b-vision"}
+
+
+def test_compare_hf_without_transformers_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    assert main(["bench", "latency", *TOY, "--compare-hf"]) == 2
+    assert "--compare-hf needs transformers" in capsys.readouterr().err
+
+
+def test_bad_overrides_are_a_clear_error(capsys):
+    assert main(["bench", "latency", "--model", "llama-3.2-11b-vision", "--load-format", "dummy",
+                 "--hf-overrides", "[1]"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+
+
+def test_overrides_merge_deeply_and_keep_the_source_files(tmp_path):
+    assert deep_merge({"a": {"b": 1, "c": [1, 2]}, "d": 0}, {"a": {"c": [3]}, "e": 1}) == {
+        "a": {"b": 1, "c": [3]}, "d": 0, "e": 1}
+    source_dir = tmp_path / "model"
+    source_dir.mkdir()
+    (source_dir / "config.json").write_text((SHIPPED_CONFIGS / "llama-3.2-11b-vision" / "config.json").read_text())
+    (source_dir / "model.safetensors").write_bytes(b"")
+    with resolve_model(str(source_dir), hf_overrides={"text_config": {"num_hidden_layers": 4}}) as source:
+        written = json.loads((source.path / "config.json").read_text())
+        assert written["text_config"]["num_hidden_layers"] == 4 and written["text_config"]["hidden_size"] == 4096
+        assert (source.path / "model.safetensors").resolve() == (source_dir / "model.safetensors").resolve()
+        assert source.has_weights
+    assert not source.path.exists()
+    lone = tmp_path / "my-config.json"
+    lone.write_text(json.dumps({"model_type": "mllama"}))
+    with resolve_model(str(lone), load_format="dummy") as source:
+        assert (source.path / "config.json").is_file() and not source.has_weights
+
+
+def test_decode_step_bytes_of_the_real_11b():
+    raw = json.loads((SHIPPED_CONFIGS / "llama-3.2-11b-vision" / "config.json").read_text())
+    family = resolve_model_family(raw["model_type"])
+    config = family.parse_config(raw)
+    with torch.device("meta"):
+        model = family.model_class(config).to(torch.bfloat16)
+    weights = text_decoder_weight_bytes(model)
+
+    hidden, inter, heads, kv_heads, vocab = 4096, 14336, 32, 8, 128256
+    head_dim = hidden // heads
+    projections = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim  # q, o; k, v
+    layer = projections + 3 * hidden * inter + 2 * hidden  # + MLP, two RMSNorms
+    cross_extra = 2 * head_dim + 2  # q_norm, k_norm, the two tanh gates
+    params = 40 * layer + 8 * cross_extra + hidden + vocab * hidden  # + final norm, LM head
+    assert weights == 2 * params
+    assert weights == pytest.approx(18.5e9, rel=0.01)
+
+    batch, context, tiles = 32, 49, 4
+    step = decode_step_bytes(config, weights, 2, [context] * batch, [tiles] * batch)
+    per_token = 2 * kv_heads * head_dim * 2  # K and V, bf16, one layer
+    assert step.kv_cache == 32 * per_token * context * batch
+    assert step.vision_kv == 8 * per_token * tiles * 1601 * batch  # ~210 MB per 4-tile image
+    assert step.vision_kv / batch == pytest.approx(210e6, rel=0.01)
+    assert step.total == pytest.approx(25.2e9, rel=0.01)
