@@ -5,6 +5,7 @@ import datetime
 import pytest
 from PIL import Image
 
+from tests.tokenizer.helpers import image_url, text, user
 from vlmserve.tokenizer.chat_format import ChatFormatError, encode_chat, render_chat
 from vlmserve.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
@@ -22,21 +23,6 @@ def tokenizer() -> Tokenizer:
 
 def header_ids(role_id: int) -> list[int]:
     return [START, role_id, END, DOUBLE_NEWLINE]
-
-
-def user(*content) -> dict:
-    """A user message: one string as plain content, anything else as a list of parts."""
-    if len(content) == 1 and isinstance(content[0], str):
-        return {"role": "user", "content": content[0]}
-    return {"role": "user", "content": list(content)}
-
-
-def text(value: str) -> dict:
-    return {"type": "text", "text": value}
-
-
-def image_url(url: str) -> dict:
-    return {"type": "image_url", "image_url": {"url": url}}
 
 
 # --- published examples (model_spec §F.2) -----------------------------------------------------------------

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from tests.tokenizer.helpers import UNICODE_TEXTS, assert_special_token
 from vlmserve.tokenizer.tokenizer import Tokenizer, load_tokenizer, packaged_tokenizer_path
 
 SPECIAL_TOKEN_IDS = {
@@ -38,9 +39,7 @@ def write_model_dir(tmp_path, edit=None):
 
 @pytest.mark.parametrize("token, token_id", SPECIAL_TOKEN_IDS.items())
 def test_special_token_ids(tokenizer, token, token_id):
-    assert tokenizer.token_to_id(token) == token_id
-    assert tokenizer.id_to_token(token_id) == token
-    assert tokenizer.is_special(token_id)
+    assert_special_token(tokenizer, token, token_id)
 
 
 def test_attributes(tokenizer):
@@ -64,14 +63,7 @@ def test_known_text_ids(tokenizer):
     assert [tokenizer.encode(role) for role in ("system", "user", "assistant")] == [[9125], [882], [78191]]
 
 
-@pytest.mark.parametrize("text", [
-    "Hello, world!",
-    "  leading and trailing spaces \n\t",
-    "Grüße aus Köln, ça va? ñandú",
-    "日本語のテキストと中文文本",
-    "Здравствуй, мир! مرحبا بالعالم हिन्दी",
-    "emoji 🎉👍🏽 family 👨‍👩‍👧‍👦 flag 🇫🇷",
-])
+@pytest.mark.parametrize("text", UNICODE_TEXTS)
 def test_round_trip(tokenizer, text):
     assert tokenizer.decode(tokenizer.encode(text)) == text
 

@@ -1,10 +1,12 @@
-"""The Llama 3.2 Vision tokenizer: a byte-level BPE `tokenizers.Tokenizer` plus the special ids we serve with.
+"""Llama tokenizers: a byte-level BPE `tokenizers.Tokenizer` plus the special ids we serve with, per model family.
 
-The tokenizer.json shipped for Llama 3.2 inserts `<|begin_of_text|>` in its post-processor. Prompts here always
-spell the BOS out (the chat format writes it) or ask for it with `add_bos`, so encoding never runs that step.
+The tokenizer.json files shipped for Llama 3.2 and Llama 4 insert `<|begin_of_text|>` in their post-processor.
+Prompts here always spell the BOS out (the chat format writes it) or ask for it with `add_bos`, so encoding
+never runs that step.
 """
 
 import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
@@ -22,24 +24,45 @@ IMAGE = "<|image|>"
 PAD = "<|finetune_right_pad_id|>"
 
 
-class Tokenizer:
-    """Text <-> token ids for Llama 3.2 Vision Instruct, with its special-token ids as attributes."""
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The special-token strings a model family is served with; the ids come from its tokenizer.json."""
 
-    def __init__(self, hf_tokenizer: HFTokenizer, *, source: str = "tokenizer"):
+    family: str  # model_type of the family: "mllama" or "llama4"
+    bos: str
+    eos: str
+    stops: tuple[str, ...]  # generation ends at any of these
+    image: str  # the prompt's image placeholder
+    pad: str
+
+
+LLAMA3_SPECIAL_TOKENS = SpecialTokens(
+    family="mllama", bos=BEGIN_OF_TEXT, eos=EOT, stops=(END_OF_TEXT, EOM, EOT), image=IMAGE, pad=PAD)
+LLAMA4_SPECIAL_TOKENS = SpecialTokens(
+    family="llama4", bos=BEGIN_OF_TEXT, eos="<|eot|>", stops=(END_OF_TEXT, "<|eom|>", "<|eot|>"), image=IMAGE,
+    pad="<|finetune_right_pad|>")
+
+
+class Tokenizer:
+    """Text <-> token ids for one Llama family's Instruct models, with its special-token ids as attributes."""
+
+    def __init__(self, hf_tokenizer: HFTokenizer, *, source: str = "tokenizer",
+                 special: SpecialTokens = LLAMA3_SPECIAL_TOKENS):
         self._tokenizer = hf_tokenizer
         self._special_ids = frozenset(
             token_id for token_id, token in hf_tokenizer.get_added_tokens_decoder().items() if token.special)
-        self.bos_token_id = self._require(BEGIN_OF_TEXT, source)
-        self.eos_token_id = self._require(EOT, source)
-        self.stop_token_ids: tuple[int, ...] = tuple(self._require(t, source) for t in (END_OF_TEXT, EOM, EOT))
-        self.image_token_id = self._require(IMAGE, source)
-        self.pad_token_id = self._require(PAD, source)
+        self.family = special.family
+        self.bos_token_id = self._require(special.bos, source)
+        self.eos_token_id = self._require(special.eos, source)
+        self.stop_token_ids: tuple[int, ...] = tuple(self._require(token, source) for token in special.stops)
+        self.image_token_id = self._require(special.image, source)
+        self.pad_token_id = self._require(special.pad, source)
         self.vocab_size = hf_tokenizer.get_vocab_size(with_added_tokens=True)
 
     def _require(self, token: str, source: str) -> int:
         token_id = self.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"{source} has no {token!r} token, which Llama 3.2 Vision needs")
+            raise ValueError(f"{source} has no {token!r} token, which the {self.family} tokenizer needs")
         return token_id
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
@@ -70,13 +93,22 @@ def packaged_tokenizer_path() -> Path:
     return Path(os.fspath(resources.files(package).joinpath(*parts)))
 
 
-def load_tokenizer(model_dir: str | os.PathLike | None = None) -> Tokenizer:
-    """The tokenizer in `<model_dir>/tokenizer.json` if that file exists, else the packaged one."""
+def load_tokenizer(model_dir: str | os.PathLike | None = None,
+                   special: SpecialTokens = LLAMA3_SPECIAL_TOKENS) -> Tokenizer:
+    """The tokenizer in `<model_dir>/tokenizer.json`, read unchanged.
+
+    Without that file Llama 3.2 falls back to the packaged tokenizer; Llama 4 has none packaged, so its
+    checkpoint's tokenizer.json is required.
+    """
     path = Path(model_dir) / TOKENIZER_FILE if model_dir is not None else None
     if path is None or not path.exists():
+        if special.family != LLAMA3_SPECIAL_TOKENS.family:
+            where = "no model directory was given" if path is None else f"{path} does not exist"
+            raise ValueError(f"the {special.family} tokenizer needs the checkpoint's {TOKENIZER_FILE}, but {where}; "
+                             "only Llama 3.2 (mllama) has a packaged fallback")
         path = packaged_tokenizer_path()
     try:
         hf_tokenizer = HFTokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed files
         raise ValueError(f"cannot read tokenizer file {path}: {exc}") from exc
-    return Tokenizer(hf_tokenizer, source=str(path))
+    return Tokenizer(hf_tokenizer, source=str(path), special=special)

@@ -1,0 +1,34 @@
+"""OpenAI-style chat messages -> the Llama 4 Instruct prompt (model_spec G.6).
+
+Layout: `<|begin_of_text|>`, a system block only when a system message is given
+(`<|header_start|>system<|header_end|>\\n\\n{stripped system text}<|eot|>`, images allowed beside it), then per
+message `<|header_start|>{role}<|header_end|>\\n\\n{content}<|eot|>`, then (if asked) the generation prompt
+`<|header_start|>assistant<|header_end|>\\n\\n`. Content parts are concatenated with no separators and each image
+part becomes `<|image|>` where it stands; the processor later expands each one into the image's tile tokens.
+
+This matches transformers' Llama 4 chat template, except that a system message given as several text parts
+keeps all of them (the template keeps only the first). Tool calls and tool results are not supported.
+"""
+
+from vlmserve.tokenizer.chat_messages import SYSTEM, RenderedChat, check_options, parse_messages, render_turns
+from vlmserve.tokenizer.tokenizer import LLAMA4_SPECIAL_TOKENS
+
+EOT = LLAMA4_SPECIAL_TOKENS.eos  # <|eot|>
+
+
+def render_llama4_chat(messages: list[dict], *, add_generation_prompt: bool = True,
+                       continue_final_message: bool = False) -> RenderedChat:
+    """Render `messages` as a Llama 4 prompt string plus the image sources in the order their markers appear.
+
+    `continue_final_message` leaves the final assistant message open (no `<|eot|>`) so generation continues it;
+    it excludes `add_generation_prompt`.
+    """
+    check_options(messages, add_generation_prompt, continue_final_message)
+    system, turns = parse_messages(messages)
+    system_block = "" if system is None else _header(SYSTEM) + system.text.strip() + EOT
+    return render_turns(LLAMA4_SPECIAL_TOKENS.bos + system_block, turns, _header, EOT,
+                        add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
+
+
+def _header(role: str) -> str:
+    return f"<|header_start|>{role}<|header_end|>\n\n"
