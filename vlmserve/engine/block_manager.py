@@ -86,7 +86,7 @@ class BlockManager:
         it holds nothing yet, its images)."""
         new_blocks = max(self.blocks_for(num_tokens) - len(seq.block_table) - len(hits), 0)
         revived = sum(1 for block_id in hits if self.blocks[block_id].ref_count == 0)
-        if not seq.image_entries:
+        if not seq.image_entries and self.blocks_per_image:
             for content_hash in _distinct_images(seq):
                 entry = self.images.get(content_hash)
                 if entry is None:
@@ -106,7 +106,7 @@ class BlockManager:
             seq.block_table.append(block_id)
         seq.num_computed_tokens += len(hits) * self.block_size
         seq.num_registered_blocks += len(hits)
-        if not seq.image_entries and seq.multimodal is not None:
+        if not seq.image_entries and seq.multimodal is not None and self.blocks_per_image:
             self._acquire_images(seq)
         while len(seq.block_table) < self.blocks_for(num_tokens):
             seq.block_table.append(self._take_free_block())

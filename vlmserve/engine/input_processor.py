@@ -3,14 +3,9 @@
 from dataclasses import dataclass
 from typing import Any
 
+from vlmserve.engine.image_prompts import Llama4ImagePrompts, MllamaImagePrompts
 from vlmserve.engine.sequence import MultiModalInputs
-from vlmserve.multimodal.inputs import image_content_hash, load_image
-from vlmserve.multimodal.mllama_processor import (
-    MllamaImageConfig,
-    cross_attention_token_ranges,
-    process_image,
-    stack_images,
-)
+from vlmserve.multimodal.inputs import load_image
 from vlmserve.tokenizer.chat_format import encode_chat
 from vlmserve.tokenizer.tokenizer import Tokenizer
 
@@ -34,16 +29,15 @@ class PreparedInput:
 
 
 class InputProcessor:
-    def __init__(self, tokenizer: Tokenizer, image_config: MllamaImageConfig, *, num_embeddings: int,
-                 image_token_id: int, max_image_pixels: int):
+    def __init__(self, tokenizer: Tokenizer, image_prompts: MllamaImagePrompts | Llama4ImagePrompts, *,
+                 num_embeddings: int, max_image_pixels: int):
         self.tokenizer = tokenizer
-        self.image_token_id = image_token_id  # the model config's, which a test checkpoint may move
-        self.image_config = image_config
+        self.image_prompts = image_prompts
         self.num_embeddings = num_embeddings
         self.max_image_pixels = max_image_pixels
 
     def process_chat(self, messages: list[dict], **chat_options) -> PreparedInput:
-        """OpenAI-style messages -> the Llama 3.2 Vision chat format, images in the order they appear."""
+        """OpenAI-style messages -> the model's chat format, images in the order they appear."""
         token_ids, images = encode_chat(self.tokenizer, messages, **chat_options)
         return self._prepare(token_ids, images, prompt=None)
 
@@ -64,7 +58,11 @@ class InputProcessor:
         if "prompt" not in prompt:
             raise InputError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
         text = prompt["prompt"]
-        return self._prepare(self.tokenizer.encode(with_bos(text)), images, prompt=text)
+        return self._prepare(self.tokenizer.encode(self.with_bos(text)), images, prompt=text)
+
+    def with_bos(self, text: str) -> str:
+        """A raw prompt with its BOS where the family's reference processor puts it, unless already present."""
+        return with_bos(text, self.image_prompts.bos_after_leading_images)
 
     def _prepare(self, token_ids: list[int], image_sources: list, prompt: str | None) -> PreparedInput:
         if not token_ids:
@@ -72,33 +70,26 @@ class InputProcessor:
         bad = [t for t in token_ids if not (isinstance(t, int) and 0 <= t < self.num_embeddings)]
         if bad:
             raise InputError(f"prompt token id {bad[0]!r} is outside the model's vocabulary [0, {self.num_embeddings})")
-        num_markers = token_ids.count(self.image_token_id)
+        num_markers = token_ids.count(self.image_prompts.placeholder_id)
         if num_markers != len(image_sources):
             raise InputError(
                 f"the prompt has {num_markers} {IMAGE} marker(s) but {len(image_sources)} image(s) were given"
             )
-        multimodal = self._multimodal(token_ids, image_sources) if image_sources else None
+        if not image_sources:
+            return PreparedInput(prompt_token_ids=token_ids, prompt=prompt)
+        images = [load_image(source, max_pixels=self.max_image_pixels) for source in image_sources]
+        try:
+            token_ids, multimodal = self.image_prompts.prepare(token_ids, images)
+        except ValueError as err:
+            raise InputError(str(err)) from None
         return PreparedInput(prompt_token_ids=token_ids, multimodal=multimodal, prompt=prompt)
 
-    def _multimodal(self, token_ids: list[int], image_sources: list) -> MultiModalInputs:
-        images = [load_image(source, max_pixels=self.max_image_pixels) for source in image_sources]
-        processed = [process_image(image, self.image_config) for image in images]
-        pixel_values, aspect_ratio_ids, aspect_ratio_mask = stack_images(processed)
-        return MultiModalInputs(
-            pixel_values=pixel_values,
-            aspect_ratio_ids=aspect_ratio_ids,
-            aspect_ratio_mask=aspect_ratio_mask,
-            num_tiles=[p.num_tiles for p in processed],
-            token_ranges=cross_attention_token_ranges(token_ids, self.image_token_id),
-            content_hashes=[image_content_hash(image) for image in images],
-        )
 
-
-def with_bos(text: str) -> str:
-    """Place the BOS as the reference processor does: after any leading image markers, unless present."""
+def with_bos(text: str, after_leading_images: bool = True) -> str:
+    """Prepend the BOS unless present; Llama 3.2 Vision's processor puts it after any leading image markers."""
     if BOS in text:
         return text
     rest = text
-    while rest.startswith(IMAGE):
+    while after_leading_images and rest.startswith(IMAGE):
         rest = rest[len(IMAGE):]
     return text[: len(text) - len(rest)] + BOS + rest

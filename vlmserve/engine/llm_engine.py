@@ -8,14 +8,13 @@ import torch
 from vlmserve.config import EngineConfig
 from vlmserve.engine.block_manager import BlockManager
 from vlmserve.engine.input_processor import InputProcessor, PreparedInput
+from vlmserve.engine.model_family import MODEL_FAMILY_PARTS
 from vlmserve.engine.model_runner import ModelRunner
 from vlmserve.engine.outputs import CompletionOutput, RequestOutput
 from vlmserve.engine.scheduler import Scheduler, SchedulerConfig
 from vlmserve.engine.sequence import Sequence
 from vlmserve.engine.structured_output import StructuredOutputManager
-from vlmserve.engine.vision_state import VisionState
-from vlmserve.models.loader import load_model
-from vlmserve.multimodal.mllama_processor import MllamaImageConfig
+from vlmserve.models.loader import load_model, read_config
 from vlmserve.sampling_params import SamplingParams
 from vlmserve.tokenizer.detokenizer import IncrementalDetokenizer
 from vlmserve.tokenizer.tokenizer import load_tokenizer
@@ -66,23 +65,21 @@ class LLMEngine:
                             transformers_compat=config.transformers_compat)
         self.model_config = loaded.config
         model_dir = Path(config.model)
-        self.tokenizer = load_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else None)
-        vision = self.model_config.vision
-        image_config = MllamaImageConfig.from_model_dir(
-            model_dir, {"image_size": vision.image_size, "max_num_tiles": vision.max_num_tiles})
+        family = MODEL_FAMILY_PARTS[read_config(model_dir)["model_type"]]
+        self.tokenizer = load_tokenizer(model_dir, family.special_tokens)
         self.input_processor = InputProcessor(
-            self.tokenizer, image_config, num_embeddings=self.model_config.text.vocab_size + 8,
-            image_token_id=self.model_config.image_token_index, max_image_pixels=config.max_image_pixels)
+            self.tokenizer, family.image_prompts(model_dir, self.model_config, self.tokenizer),
+            num_embeddings=family.num_embeddings(self.model_config), max_image_pixels=config.max_image_pixels)
         num_blocks = self._num_kv_blocks(loaded.dtype)
         self.max_model_len = min(config.max_model_len or self.model_config.text.max_position_embeddings,
                                  num_blocks * config.block_size)
         self.structured_output = StructuredOutputManager(self.tokenizer, self.model_config.text.vocab_size)
         self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.device, loaded.dtype,
-                                  self.structured_output)
+                                  self.structured_output, family.vision_state)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len),
             BlockManager(num_blocks, config.block_size,
-                         blocks_per_image=VisionState.blocks_per_image(self.model_config, config.block_size),
+                         blocks_per_image=family.vision_state.blocks_per_image(self.model_config, config.block_size),
                          enable_prefix_caching=config.enable_prefix_caching,
                          key_every_image=config.transformers_compat))
         self.eos_token_ids = tuple(sorted(set(self.tokenizer.stop_token_ids) | set(self.model_config.text.eos_token_ids)))

@@ -9,6 +9,7 @@ from vlmserve.engine.sampler import Sampler, SamplingMetadata
 from vlmserve.engine.scheduler import ScheduledBatch
 from vlmserve.engine.structured_output import StructuredOutputManager
 from vlmserve.engine.sequence import Sequence
+from vlmserve.engine.early_fusion_state import EarlyFusionState
 from vlmserve.engine.vision_state import VisionState
 from vlmserve.layers.attention_metadata import AttentionMetadata
 
@@ -24,8 +25,10 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
-                 structured_output: StructuredOutputManager):
+                 structured_output: StructuredOutputManager,
+                 vision_state: type[VisionState] | type[EarlyFusionState] = VisionState):
         self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.vision_state = vision_state
         self.structured_output = structured_output
         self.block_size, self.num_blocks = block_size, num_blocks
         self.vocab_size = model.config.text.vocab_size
@@ -36,7 +39,8 @@ class ModelRunner:
 
     def _allocate_kv_cache(self) -> None:
         """One pool, block-major: a block holds block_size tokens of every self-attention layer, or a slice of an
-        image's cross-attention K/V (the pool seen as rows [rows, kv_heads, head_dim], rows_per_block per block)."""
+        image's cross-attention K/V (the pool seen as rows [rows, kv_heads, head_dim], rows_per_block per block).
+        Llama 4's chunked-attention layers keep every position too: attention reads only the current chunk's."""
         text = self.model.config.text
         layers = self.model.self_attention_layers
         shape = (self.num_blocks, len(layers), 2, self.block_size, text.num_key_value_heads, text.head_dim)
@@ -44,7 +48,8 @@ class ModelRunner:
         for i, layer in enumerate(layers):
             layer.bind_cache(self.kv_cache[:, i, 0], self.kv_cache[:, i, 1])
         pool_rows = self.kv_cache.view(-1, text.num_key_value_heads, text.head_dim)
-        self.vision = VisionState(self.model, pool_rows, len(layers) * 2 * self.block_size, self.device, self.dtype)
+        self.vision = self.vision_state(self.model, pool_rows, len(layers) * 2 * self.block_size, self.device,
+                                        self.dtype)
 
     @staticmethod
     def kv_bytes_per_block(config, block_size: int, dtype: torch.dtype) -> int:
@@ -56,11 +61,11 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepResult:
         """Compute the batch's new tokens; sample for the sequences whose last token is among them."""
-        input_ids, positions, metadata = self._prepare(batch.seqs, batch.num_new_tokens)
+        input_ids, positions, metadata, vision = self._prepare(batch.seqs, batch.num_new_tokens)
         ends = metadata.query_start_loc[1:]
         done = [i for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens))
                 if seq.num_computed_tokens + n == seq.num_tokens]
-        hidden = self.model(input_ids, positions, metadata)
+        hidden = self.model(input_ids, positions, metadata, **vision.forward_kwargs())
         if not done:
             return StepResult([], [], [])
         logits = self.model.compute_logits(hidden[self._tensor([ends[i] - 1 for i in done])])
@@ -69,12 +74,13 @@ class ModelRunner:
     @torch.inference_mode()
     def prefill_logits(self, seq: Sequence) -> torch.Tensor:
         """Logits [new tokens, vocab] at every position a prefill of `seq` computes."""
-        input_ids, positions, metadata = self._prepare([seq], [seq.num_uncomputed_tokens])
-        return self.model.compute_logits(self.model(input_ids, positions, metadata))
+        input_ids, positions, metadata, vision = self._prepare([seq], [seq.num_uncomputed_tokens])
+        return self.model.compute_logits(self.model(input_ids, positions, metadata, **vision.forward_kwargs()))
 
     def release(self, seq: Sequence) -> None:
         self.generators.pop(seq.seq_id, None)
         self.prompt_tensors.pop(seq.seq_id, None)
+        self.vision.release(seq)
 
     def _prepare(self, seqs: list[Sequence], num_new_tokens: list[int]):
         input_ids, positions, slots, query_start_loc, seq_positions = [], [], [], [0], []
@@ -88,14 +94,15 @@ class ModelRunner:
             query_start_loc.append(len(input_ids))
         max_blocks = max(len(seq.block_table) for seq in seqs)
         block_tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in seqs]
+        vision = self.vision.step_inputs(seqs, seq_positions, query_start_loc[:-1])
         metadata = AttentionMetadata(
             query_start_loc=query_start_loc,
             seq_lens=[seq.num_computed_tokens + n for seq, n in zip(seqs, num_new_tokens)],
             block_tables=self._tensor(block_tables),
             slot_mapping=self._tensor(slots),
-            cross=self.vision.batch_inputs(seqs, seq_positions, query_start_loc[:-1]),
+            cross=vision.cross,
         )
-        return self._tensor(input_ids), self._tensor(positions), metadata
+        return self._tensor(input_ids), self._tensor(positions), metadata, vision
 
     def _tensor(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64, device=self.device)

@@ -7,10 +7,24 @@ rule, every token of a request with images (text before the first image attends 
 only its MLP branch is dropped).
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from vlmserve.engine.sequence import MultiModalInputs, Sequence
 from vlmserve.layers.attention_metadata import CrossBatch, SeqCrossInputs
+
+
+@dataclass
+class StepVisionInputs:
+    """What a step's images give the model: cross-attention inputs (Llama 3.2 Vision), or the feature rows that
+    replace the step's image-token embeddings, in flat-batch order (Llama 4)."""
+
+    cross: CrossBatch | None = None
+    image_embeds: torch.Tensor | None = None  # [image tokens in the step, hidden]
+
+    def forward_kwargs(self) -> dict:
+        return {} if self.image_embeds is None else {"image_embeds": self.image_embeds}
 
 
 class VisionState:
@@ -31,6 +45,12 @@ class VisionState:
         """Blocks one image's K and V take for every cross-attention layer (padded tiles included)."""
         rows = 2 * len(config.text.cross_attention_layers) * cls.vision_tokens_per_image(config)
         return -(-rows // (len(config.text.self_attention_layers) * 2 * block_size))
+
+    def step_inputs(self, seqs: list[Sequence], positions: list[list[int]], starts: list[int]) -> StepVisionInputs:
+        return StepVisionInputs(cross=self.batch_inputs(seqs, positions, starts))
+
+    def release(self, seq: Sequence) -> None:
+        """Nothing per sequence: image K/V live in pool blocks the block manager owns."""
 
     def batch_inputs(self, seqs: list[Sequence], positions: list[list[int]], starts: list[int]) -> CrossBatch | None:
         """The step's cross-attention inputs; `positions` and `starts` give each sequence's new tokens and where

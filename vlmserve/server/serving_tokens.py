@@ -2,12 +2,11 @@
 
 from fastapi import Request
 
-from vlmserve.engine.input_processor import with_bos
 from vlmserve.server.engine_client import EngineClient
 from vlmserve.server.errors import APIError
 from vlmserve.server.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from vlmserve.server.serving_chat import chat_options
-from vlmserve.tokenizer.chat_format import render_chat
+from vlmserve.tokenizer.chat_format import render_family_chat
 
 
 def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
@@ -19,10 +18,11 @@ def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     tokenizer = client.llm.tokenizer
     if body.prompt is not None:
         add_special_tokens = body.add_special_tokens is not False
-        tokens = tokenizer.encode(with_bos(body.prompt) if add_special_tokens else body.prompt)
+        prompt = client.llm.input_processor.with_bos(body.prompt) if add_special_tokens else body.prompt
+        tokens = tokenizer.encode(prompt)
     else:
         messages = [message.model_dump(exclude_none=True) for message in body.messages]
-        tokens = tokenizer.encode(render_chat(messages, **chat_options(body)).prompt,
+        tokens = tokenizer.encode(render_family_chat(tokenizer.family, messages, **chat_options(body)).prompt,
                                   add_bos=bool(body.add_special_tokens))
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=client.max_model_len)
 

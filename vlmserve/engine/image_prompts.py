@@ -1,0 +1,77 @@
+"""How each model family puts images into a prompt: the tensors its vision encoder takes, and what becomes of the
+`<|image|>` placeholders the chat format and raw prompts carry (one per image)."""
+
+import torch
+from PIL import Image
+
+from vlmserve.engine.sequence import MultiModalInputs
+from vlmserve.multimodal.inputs import image_content_hash
+from vlmserve.multimodal.llama4_processor import (
+    Llama4ImageConfig,
+    Llama4ImageTokenIds,
+    expand_image_placeholders,
+)
+from vlmserve.multimodal.llama4_processor import process_image as process_llama4_image
+from vlmserve.multimodal.mllama_processor import (
+    MllamaImageConfig,
+    cross_attention_token_ranges,
+    process_image,
+    stack_images,
+)
+
+
+class MllamaImagePrompts:
+    """Llama 3.2 Vision: each placeholder stays one token; the text after it cross-attends to its image's tiles.
+    A raw prompt's BOS goes after any leading placeholders, as the reference processor places it."""
+
+    bos_after_leading_images = True
+
+    def __init__(self, image_config: MllamaImageConfig, image_token_id: int):
+        self.image_config, self.placeholder_id = image_config, image_token_id
+
+    def prepare(self, token_ids: list[int], images: list[Image.Image]) -> tuple[list[int], MultiModalInputs]:
+        processed = [process_image(image, self.image_config) for image in images]
+        pixel_values, aspect_ratio_ids, aspect_ratio_mask = stack_images(processed)
+        return token_ids, MultiModalInputs(
+            pixel_values=pixel_values,
+            aspect_ratio_ids=aspect_ratio_ids,
+            aspect_ratio_mask=aspect_ratio_mask,
+            num_tiles=[p.num_tiles for p in processed],
+            token_ranges=cross_attention_token_ranges(token_ids, self.placeholder_id),
+            content_hashes=[image_content_hash(image) for image in images],
+        )
+
+
+class Llama4ImagePrompts:
+    """Llama 4 (early fusion): each placeholder expands into the image's token layout, whose `<|patch|>` tokens
+    take the vision encoder's features in place of embeddings. pixel_values: every image's tiles in prompt order
+    [total tiles, 3, S, S]; token_ranges: each image's expanded span."""
+
+    bos_after_leading_images = False
+
+    def __init__(self, image_config: Llama4ImageConfig, token_ids: Llama4ImageTokenIds):
+        self.image_config, self.token_ids = image_config, token_ids
+        self.placeholder_id = token_ids.image
+
+    def prepare(self, token_ids: list[int], images: list[Image.Image]) -> tuple[list[int], MultiModalInputs]:
+        if self.token_ids.patch in token_ids:
+            raise ValueError("the prompt already holds <|patch|> tokens; give one <|image|> placeholder per image")
+        processed = [process_llama4_image(image, self.image_config) for image in images]
+        expanded = expand_image_placeholders(token_ids, [p.aspect_ratio for p in processed],
+                                             self.image_config.tokens_per_tile, self.token_ids)
+        return expanded, MultiModalInputs(
+            pixel_values=torch.cat([p.pixel_values for p in processed]),
+            aspect_ratio_ids=None,
+            aspect_ratio_mask=None,
+            num_tiles=[p.num_tiles for p in processed],
+            token_ranges=self._image_spans(expanded, len(images)),
+            content_hashes=[image_content_hash(image) for image in images],
+        )
+
+    def _image_spans(self, token_ids: list[int], num_images: int) -> list[tuple[int, int]]:
+        starts = [i for i, t in enumerate(token_ids) if t == self.token_ids.image_start]
+        ends = [i + 1 for i, t in enumerate(token_ids) if t == self.token_ids.image_end]
+        if len(starts) != num_images or len(ends) != num_images:
+            raise ValueError("the prompt holds <|image_start|> or <|image_end|> tokens of its own; write images only "
+                             "as <|image|> placeholders")
+        return list(zip(starts, ends))
