@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from vlmserve.kernels.attention_ref import paged_attention, write_kv_cache
+from vlmserve.kernels.attention_ref import cross_attention, paged_attention, write_kv_cache
+from vlmserve.kernels.step_inputs import CrossInputs
 
 BLOCK_SIZE = 4
 
@@ -62,3 +63,34 @@ def test_write_kv_cache_into_strided_pool_views():
     torch.testing.assert_close(flat_k[slots], k)
     torch.testing.assert_close(pool[:, 1, 1].reshape(-1, 2, 4)[slots], v)
     assert pool[:, 0].abs().sum() == 0 and pool[:, 2].abs().sum() == 0
+
+
+def test_write_kv_cache_skips_negative_slots():
+    k_cache, v_cache = torch.randn(2, 3, BLOCK_SIZE, 2, 4)
+    before = k_cache.clone(), v_cache.clone()
+    k, v = torch.randn(2, 3, 2, 4)
+    write_kv_cache(k, v, k_cache, v_cache, torch.tensor([-1, 6, -1]))
+    for cache, new, old in zip((k_cache, v_cache), (k, v), before):
+        old[1, 2] = new[1]
+        torch.testing.assert_close(cache, old, rtol=0, atol=0)
+
+
+def test_cross_attention_matches_dense_masked_softmax():
+    generator = torch.Generator().manual_seed(0)
+    pool = torch.randn(200, 2, 8, generator=generator)
+    q_lens, kv_lens = [3, 1, 4], [10, 7, 33]
+    rows = torch.randperm(200, generator=generator)
+    starts = torch.tensor([0] + kv_lens).cumsum(0).tolist()
+    kv_rows = [{0: (rows[2 * a : 2 * a + n], rows[2 * a + n : 2 * a + 2 * n])} for a, n in zip(starts, kv_lens)]
+    masks = [torch.rand(q_len, kv_len, generator=generator) < 0.5 for q_len, kv_len in zip(q_lens, kv_lens)]
+    for mask in masks:
+        mask[:, 0] = True
+    query_start_loc = torch.tensor([0] + q_lens).cumsum(0).tolist()
+    q = torch.randn(sum(q_lens), 8, 8, generator=generator)
+    out = cross_attention(q, pool, CrossInputs.build(query_start_loc, kv_rows, masks)[0], 0.3)
+    for i, (mask, (k_rows, v_rows)) in enumerate(zip(masks, (seq[0] for seq in kv_rows))):
+        start, end = query_start_loc[i : i + 2]
+        keys, values = (pool[r].repeat_interleave(4, dim=1) for r in (k_rows, v_rows))
+        scores = torch.einsum("qhd,khd->hqk", q[start:end], keys) * 0.3
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        torch.testing.assert_close(out[start:end], torch.einsum("hqk,khd->qhd", probs, values), rtol=1e-5, atol=1e-5)

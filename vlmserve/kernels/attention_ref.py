@@ -3,16 +3,20 @@
 import torch
 import torch.nn.functional as F
 
+from vlmserve.kernels.step_inputs import CrossInputs
+
 
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Store new keys/values [T, kv_heads, head_dim] at their slots of the [blocks, block_size, ...] caches
-    (which may be strided views of a larger pool)."""
+    (which may be strided views of a larger pool). Rows with a negative slot (padding) are not stored."""
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
     block_size = k_cache.shape[1]
-    blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
-    k_cache[blocks, offsets] = k
-    v_cache[blocks, offsets] = v
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache[blocks, offsets] = k[keep]
+    v_cache[blocks, offsets] = v[keep]
 
 
 def paged_attention(
@@ -38,12 +42,42 @@ def paged_attention(
         rows = torch.tensor([query_start_loc[i] for i in decodes], device=q.device)
         lens = [seq_lens[i] for i in decodes]
         out[rows] = _decode_attention(q[rows], k_cache, v_cache, block_tables[decodes], lens, scale, chunk_size)
-    for i in (i for i, q_len in enumerate(q_lens) if q_len > 1):
+    _prefill_rows(out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, chunk_size)
+    return out
+
+
+def paged_decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, scale: float, chunk_size: int | None = None, num_splits: int | None = None,
+) -> torch.Tensor:
+    """The Triton decode kernel's twin: q [B, heads, d], one query per sequence at its last position, over the
+    paged caches -> [B, heads, d]. `num_splits` (how the kernel partitions long contexts) changes nothing here."""
+    return _decode_attention(q, k_cache, v_cache, block_tables, seq_lens.tolist(), scale, chunk_size)
+
+
+def paged_prefill_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+    seq_lens: torch.Tensor, query_start_loc: torch.Tensor, scale: float, chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The Triton prefill kernel's twin: the rows of the sequences with more than one new token, each over its
+    whole context (cached prefix + new tokens) in the paged caches. The rows of single-token sequences are the
+    decode kernel's: left unwritten."""
+    out = torch.empty_like(q)
+    _prefill_rows(out, q, k_cache, v_cache, block_tables, seq_lens.tolist(), query_start_loc.tolist(), scale,
+                  chunk_size)
+    return out
+
+
+def _prefill_rows(out, q, k_cache, v_cache, block_tables, seq_lens: list[int], query_start_loc: list[int],
+                  scale: float, chunk_size: int | None) -> None:
+    """Fill `out`'s rows of each sequence with more than one new token, one sequence at a time."""
+    for i in range(len(seq_lens)):
         start, end = query_start_loc[i], query_start_loc[i + 1]
+        if end - start < 2:
+            continue
         keys, values = _gather_context(k_cache, v_cache, block_tables[i], seq_lens[i])
         mask = _causal_mask(end - start, seq_lens[i], q.device, chunk_size)
         out[start:end] = masked_attention(q[start:end], keys, values, mask, scale)
-    return out
 
 
 def _gather_context(k_cache, v_cache, block_table: torch.Tensor, seq_len: int):
@@ -87,3 +121,17 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=scale, enable_gqa=True
     )
     return out.transpose(0, 1)
+
+
+def cross_attention(q: torch.Tensor, kv_pool: torch.Tensor, inputs: CrossInputs, scale: float,
+                    num_splits: int | None = None) -> torch.Tensor:
+    """The Triton cross-attention kernel's twin: each sequence's query rows [q_len, heads, d] over its own vision
+    K/V rows of the pool [rows, kv_heads, d] under its mask -> [R, heads, d]. `num_splits` changes nothing here."""
+    out = torch.empty_like(q)
+    q_loc, kv_loc, mask_loc = (t.tolist() for t in (inputs.query_start_loc, inputs.kv_start_loc, inputs.mask_start_loc))
+    for s in range(len(q_loc) - 1):
+        (q_start, q_end), (kv_start, kv_end) = q_loc[s : s + 2], kv_loc[s : s + 2]
+        mask = inputs.mask[mask_loc[s] : mask_loc[s + 1]].view(q_end - q_start, kv_end - kv_start)
+        out[q_start:q_end] = masked_attention(q[q_start:q_end], kv_pool[inputs.k_rows[kv_start:kv_end]],
+                                              kv_pool[inputs.v_rows[kv_start:kv_end]], mask, scale)
+    return out

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from vlmserve.kernels.attention_ref import masked_attention, paged_attention, write_kv_cache
+from vlmserve import kernels
 from vlmserve.layers.attention_metadata import AttentionMetadata, CrossBatch
 
 
@@ -25,19 +25,13 @@ class PagedAttention(nn.Module):
 
     def forward(self, q, k, v, metadata: AttentionMetadata) -> torch.Tensor:
         """q [T, heads, d], k/v [T, kv_heads, d] -> [T, heads, d]."""
-        write_kv_cache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
-        return paged_attention(
+        kernels.write_kv_cache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
+        return kernels.paged_attention(
             q, self.k_cache, self.v_cache, metadata.block_tables, metadata.seq_lens, metadata.query_start_loc,
-            self.scale, self.chunk_size,
+            self.scale, self.chunk_size, metadata.device_lens,
         )
 
 
 def cross_attention(q: torch.Tensor, layer_idx: int, cross: CrossBatch, scale: float) -> torch.Tensor:
     """The cross-attending rows' queries [R, heads, d], each sequence's over its own vision K/V."""
-    out = torch.empty_like(q)
-    for i, inputs in enumerate(cross.seqs):
-        start, end = cross.query_start_loc[i], cross.query_start_loc[i + 1]
-        k_rows, v_rows = inputs.kv_rows[layer_idx]
-        out[start:end] = masked_attention(q[start:end], cross.kv_pool[k_rows], cross.kv_pool[v_rows], inputs.mask,
-                                          scale)
-    return out
+    return kernels.cross_attention(q, cross.kv_pool, cross.layer_inputs[layer_idx], scale)
