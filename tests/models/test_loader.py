@@ -87,7 +87,7 @@ def test_unknown_model_type_lists_supported(checkpoint_copy):
     config = json.loads((path / "config.json").read_text())
     config["model_type"] = "llava"
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="'llava'.*supported: mllama"):
+    with pytest.raises(ConfigError, match="'llava'.*supported: llama4, mllama"):
         load_model(path)
 
 

@@ -45,3 +45,21 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, head_dim]
         cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Interleaved RoPE: x [..., d] read as d/2 complex numbers (x[2j], x[2j+1]), each times its unit rotation
+    (complex, broadcast to [..., d/2]); computed in fp32, returned in x's dtype."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+
+
+class InterleavedRotaryEmbedding(RotaryEmbedding):
+    """RoPE in the interleaved layout (Llama 4: pairs (x[2j], x[2j+1]) rotate as complex numbers; the q/k weights
+    were not permuted)."""
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """positions [T]; q [T, heads, head_dim]; k [T, kv_heads, head_dim]."""
+        angles = positions[:, None].float() * self.inv_freq[None, :]  # [T, head_dim/2]
+        rotation = torch.polar(torch.ones_like(angles), angles)[:, None, :]  # [T, 1, head_dim/2]
+        return rotate_pairs(q, rotation), rotate_pairs(k, rotation)

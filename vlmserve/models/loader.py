@@ -7,6 +7,7 @@ or raises with the offending name: a half-loaded model is never returned.
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,12 @@ _NAME_PREFIXES = (
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("lm_head.", "language_model.lm_head."),
 )
+
+# Llama 4 checkpoints converted for offline quantization store each routed expert unfused, as [out, in] Linear
+# weights; they fill slices of the fused x @ W parameters.
+_UNFUSED_EXPERT = re.compile(
+    r"^(?P<experts>.+\.feed_forward\.experts)\.(?P<expert>\d+)\.(?P<proj>gate|up|down)_proj\.weight$")
+_FUSED_EXPERT = {"gate": "gate_up_proj", "up": "gate_up_proj", "down": "down_proj"}
 
 
 class WeightLoadError(RuntimeError):
@@ -85,33 +92,67 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
 
 def load_weights(model: nn.Module, files: list[Path]) -> None:
     params = dict(model.named_parameters())
-    loaded: set[str] = set()
+    parts: dict[str, set[str]] = {}  # parameter -> the parts of it loaded so far ("" = the whole)
     for path in files:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as shard:
                 for key in shard.keys():
-                    _copy_tensor(params, hub_name(key), shard.get_tensor(key))
-                    loaded.add(hub_name(key))
+                    _copy_tensor(params, parts, hub_name(key), shard.get_tensor(key))
         except WeightLoadError:
             raise
         except Exception as err:  # safetensors raises plain errors for corrupt or truncated files
             raise WeightLoadError(f"cannot read checkpoint shard {path.name!r}: {err}") from None
-    missing = sorted(set(params) - loaded)
+    missing = [lacking for name, param in params.items()
+               for lacking in _missing_parts(name, param, parts.get(name, set()))]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise WeightLoadError(f"checkpoint is missing tensor {missing[0]!r}{more}")
 
 
-def _copy_tensor(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor) -> None:
-    if name not in params:
-        raise WeightLoadError(f"checkpoint tensor {name!r} does not belong to this model")
-    param = params[name]
-    if tuple(param.shape) != tuple(tensor.shape):
+def _copy_tensor(params: dict[str, nn.Parameter], parts: dict[str, set[str]], name: str, tensor: torch.Tensor) -> None:
+    """Copy one checkpoint tensor into the parameter (or the part of one) it names, once."""
+    param_name, part, target, tensor = _destination(params, name, tensor)
+    loaded = parts.setdefault(param_name, set())
+    if part in loaded or (loaded and (part == "" or "" in loaded)):
+        raise WeightLoadError(f"checkpoint tensor {name!r} fills {param_name!r}, which another tensor already filled")
+    if tuple(target.shape) != tuple(tensor.shape):
         raise WeightLoadError(
-            f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(param.shape)}"
+            f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(target.shape)}"
         )
     with torch.no_grad():
-        param.copy_(tensor)
+        target.copy_(tensor)
+    loaded.add(part)
+
+
+def _destination(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor):
+    """(parameter name, part, the view of the parameter to fill, the tensor in that view's layout). A part is
+    "" for a whole parameter, or one expert's projection for the unfused expert layout."""
+    match = _UNFUSED_EXPERT.match(name)
+    param_name = name if match is None else f"{match['experts']}.{_FUSED_EXPERT[match['proj']]}"
+    if param_name not in params:
+        raise WeightLoadError(f"checkpoint tensor {name!r} does not belong to this model")
+    param = params[param_name]
+    if match is None:
+        return param_name, "", param, tensor
+    expert = int(match["expert"])
+    if expert >= param.shape[0]:
+        raise WeightLoadError(f"checkpoint tensor {name!r} names expert {expert}; the config has {param.shape[0]}")
+    target = param[expert]  # [in, out]: x @ W
+    if match["proj"] != "down":
+        target = target.chunk(2, dim=-1)[match["proj"] == "up"]  # gate columns first, then up
+    return param_name, f"{expert}.{match['proj']}", target, tensor.T
+
+
+def _missing_parts(name: str, param: nn.Parameter, loaded: set[str]) -> list[str]:
+    """Checkpoint names of what `name` still lacks: itself, or the unfused expert tensors not yet seen."""
+    if "" in loaded:
+        return []
+    if not loaded:
+        return [name]
+    experts, fused = name.rsplit(".", 1)
+    projs = [proj for proj, target in _FUSED_EXPERT.items() if target == fused]
+    return [f"{experts}.{e}.{proj}_proj.weight" for e in range(param.shape[0]) for proj in projs
+            if f"{e}.{proj}" not in loaded]
 
 
 def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:

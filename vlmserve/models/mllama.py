@@ -5,30 +5,15 @@ Module names follow the Hub checkpoint, so loading is a straight name match.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmserve.layers.attention import PagedAttention, cross_attention
 from vlmserve.layers.attention_metadata import AttentionMetadata, CrossBatch
 from vlmserve.layers.layernorm import RMSNorm
+from vlmserve.layers.mlp import GatedMLP
 from vlmserve.layers.rotary_embedding import RotaryEmbedding
 from vlmserve.models.mllama_config import MllamaConfig, MllamaTextConfig
 from vlmserve.models.mllama_vision import MllamaVisionModel
-
-ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
-
-
-class TextMLP(nn.Module):
-    def __init__(self, config: MllamaTextConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act = ACTIVATIONS[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
 
 def _add_attention_projections(module: nn.Module, config: MllamaTextConfig) -> None:
     """q/k/v/o projections (no bias) shared by the self- and cross-attention blocks."""
@@ -80,7 +65,7 @@ class SelfAttentionDecoderLayer(nn.Module):
     def __init__(self, config: MllamaTextConfig):
         super().__init__()
         self.self_attn = TextSelfAttention(config)
-        self.mlp = TextMLP(config)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -97,7 +82,7 @@ class CrossAttentionDecoderLayer(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.cross_attn = TextCrossAttention(config)
-        self.mlp = TextMLP(config)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.cross_attn_attn_gate = nn.Parameter(torch.zeros(1))

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmserve.layers.mlp import VisionMLP
 from vlmserve.models.mllama_config import MllamaVisionConfig
 
 
@@ -65,23 +66,13 @@ class VisionAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
-class VisionMLP(nn.Module):
-    def __init__(self, config: MllamaVisionConfig):
-        super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class VisionEncoderLayer(nn.Module):
     """Pre-LayerNorm ViT block; the global layers scale both branches by tanh gates."""
 
     def __init__(self, config: MllamaVisionConfig, is_gated: bool):
         super().__init__()
         self.self_attn = VisionAttention(config)
-        self.mlp = VisionMLP(config)
+        self.mlp = VisionMLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.is_gated = is_gated

@@ -5,6 +5,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from vlmserve.models.llama4 import Llama4ForConditionalGeneration
+from vlmserve.models.llama4_config import parse_llama4_config
 from vlmserve.models.mllama import MllamaForConditionalGeneration
 from vlmserve.models.mllama_config import ConfigError, parse_mllama_config
 
@@ -17,6 +19,7 @@ class ModelFamily:
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {
     "mllama": ModelFamily(parse_mllama_config, MllamaForConditionalGeneration),
+    "llama4": ModelFamily(parse_llama4_config, Llama4ForConditionalGeneration),
 }
 
 
