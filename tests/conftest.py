@@ -100,3 +100,11 @@ def demo_llm(demo_model_dir):
     from vlmserve import LLM
 
     return LLM(demo_model_dir, dtype="float32", device="cpu", num_kv_blocks=256)
+
+
+@pytest.fixture(scope="session")
+def served_llama4(tmp_path_factory):
+    """A tiny Llama 4 checkpoint with the real special-token ids, the stand-in tokenizer and its transformers twin."""
+    from tests.llama4_served import build_served_llama4
+
+    return build_served_llama4(tmp_path_factory.mktemp("llama4-served"))

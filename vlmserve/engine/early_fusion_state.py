@@ -25,31 +25,34 @@ class EarlyFusionState:
         return 0  # image tokens take ordinary KV blocks
 
     def step_inputs(self, seqs: list[Sequence], positions: list[list[int]], starts: list[int]) -> StepVisionInputs:
-        """The feature rows of the step's image tokens, sequence by sequence and image by image: the order in which
-        those tokens appear in the flat batch."""
-        rows = []
-        for seq, seq_positions in zip(seqs, positions):
+        """The feature rows of the step's prompt image tokens and where those tokens sit in the flat batch (an image
+        token the model generated is not one of them: it embeds as itself)."""
+        features, rows = [], []
+        for seq, seq_positions, start in zip(seqs, positions, starts):
             if seq.multimodal is not None and seq_positions and seq_positions[0] < seq.num_prompt_tokens:
-                rows += self._rows_between(seq, seq_positions[0], seq_positions[-1] + 1)
-        return StepVisionInputs(image_embeds=torch.cat(rows) if rows else None)
+                self._collect(seq, seq_positions[0], seq_positions[-1] + 1, start, features, rows)
+        if not features:
+            return StepVisionInputs()
+        return StepVisionInputs(image_embeds=torch.cat(features),
+                                image_token_rows=torch.tensor(rows, dtype=torch.int64, device=self.device))
 
     def release(self, seq: Sequence) -> None:
         self.features.pop(seq.seq_id, None)
 
-    def _rows_between(self, seq: Sequence, start: int, end: int) -> list[torch.Tensor]:
-        """Feature rows of the image tokens at prompt positions [start, end); an image's features are dropped once
-        the step reaches its end."""
-        rows, prompt = [], seq.prompt_token_ids
+    def _collect(self, seq: Sequence, start: int, end: int, flat_start: int, features: list, rows: list) -> None:
+        """Append the features of the image tokens at prompt positions [start, end) and their flat-batch rows (the
+        sequence's tokens begin at `flat_start`); an image's features are dropped once the step reaches its end."""
+        prompt = seq.prompt_token_ids
         for index, (image_start, image_end) in enumerate(seq.multimodal.token_ranges):
             if image_start >= end or image_end <= start:
                 continue
-            features = self._features(seq, index)
-            first = prompt[image_start:max(start, image_start)].count(self.patch_token_id)
-            count = prompt[max(start, image_start):min(end, image_end)].count(self.patch_token_id)
-            rows.append(features[first:first + count])
+            first, last = max(start, image_start), min(end, image_end)
+            done = prompt[image_start:first].count(self.patch_token_id)
+            found = [p for p in range(first, last) if prompt[p] == self.patch_token_id]
+            features.append(self._features(seq, index)[done:done + len(found)])
+            rows.extend(flat_start + p - start for p in found)
             if image_end <= end:
                 self._drop(seq, index)
-        return rows
 
     def _drop(self, seq: Sequence, index: int) -> None:
         cached = self.features[seq.seq_id]

@@ -22,9 +22,12 @@ class StepVisionInputs:
 
     cross: CrossBatch | None = None
     image_embeds: torch.Tensor | None = None  # [image tokens in the step, hidden]
+    image_token_rows: torch.Tensor | None = None  # [image tokens in the step]: their rows in the flat batch
 
     def forward_kwargs(self) -> dict:
-        return {} if self.image_embeds is None else {"image_embeds": self.image_embeds}
+        if self.image_embeds is None:
+            return {}
+        return {"image_embeds": self.image_embeds, "image_token_rows": self.image_token_rows}
 
 
 class VisionState:

@@ -1,0 +1,103 @@
+"""Llama 4 through the engine (chat format, image processor, early-fusion image features, chunked prefill, prefix
+caching) against transformers' generate on the same token ids and pixels."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.llama4_served import PATCH_TOKEN
+from vlmserve import LLM, SamplingParams
+from vlmserve.engine.sequence import Sequence
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+
+def noise_image(height: int, width: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def chat(text: str, *images: Image.Image) -> list[dict]:
+    parts = [{"type": "image_pil", "image_pil": image} for image in images]
+    return [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": parts + [{"type": "text", "text": text}]}]
+
+
+CONVERSATIONS = [
+    chat("Describe the picture in detail.", noise_image(40, 90, 0)),  # 2 x 3 tiles + global
+    chat("Which one is brighter?", noise_image(30, 30, 1), noise_image(70, 50, 2)),
+    chat("Say hello in three languages."),
+    chat("And what about this one?", noise_image(40, 90, 0)),  # the first image again
+]
+
+
+@pytest.fixture(scope="module")
+def llm(served_llama4):
+    # 4-token blocks and a 24-token step budget: prompts (and images) are prefilled across several steps.
+    return LLM(served_llama4.path, dtype="float32", device="cpu", block_size=4, num_kv_blocks=256,
+               max_num_batched_tokens=24)
+
+
+def test_chat_prompt_expands_each_image_into_its_tile_layout(llm):
+    prepared = llm.engine.input_processor.process_chat(CONVERSATIONS[0])
+    tokenizer = llm.get_tokenizer()
+    assert prepared.prompt_token_ids[0] == tokenizer.bos_token_id
+    # 40 x 90 on 28-pixel tiles, at most 6: a 2 x 3 canvas. <|image_start|>, 6 x 4 patches, 2 x 2 column
+    # separators, 2 row separators, <|image|>, 4 global patches, <|image_end|>
+    assert prepared.prompt_token_ids.count(PATCH_TOKEN) == 28
+    (start, end), = prepared.multimodal.token_ranges
+    assert end - start == 1 + 24 + 4 + 2 + 1 + 4 + 1
+    assert prepared.multimodal.pixel_values.shape == (7, 3, 28, 28)
+
+
+def test_batched_chunked_greedy_equals_transformers(llm, served_llama4):
+    outputs = llm.chat(CONVERSATIONS, GREEDY, use_tqdm=False)
+    for conversation, output in zip(CONVERSATIONS, outputs):
+        prepared = llm.engine.input_processor.process_chat(conversation)
+        mm = prepared.multimodal
+        expected = served_llama4.hf_greedy(prepared.prompt_token_ids, mm.pixel_values if mm else None, 12)
+        assert output.prompt_token_ids == prepared.prompt_token_ids
+        assert output.outputs[0].token_ids == expected
+    assert len({tuple(o.outputs[0].token_ids) for o in outputs}) > 1
+
+
+def test_prefix_cache_hit_on_a_shared_image_prompt_gives_the_same_tokens(llm):
+    conversation = chat("Count the colours.", noise_image(60, 60, 5))
+    first = llm.chat(conversation, GREEDY, use_tqdm=False)[0]
+    before = llm.engine.stats()
+    second = llm.chat(conversation, GREEDY, use_tqdm=False)[0]
+    after = llm.engine.stats()
+    assert after.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens >= len(first.prompt_token_ids) - 4
+    assert after.num_images_encoded == before.num_images_encoded  # every image token came from the cache
+    assert second.outputs[0].token_ids == first.outputs[0].token_ids
+
+
+def test_images_are_encoded_once_per_request_and_their_features_released(llm):
+    before = llm.engine.stats().num_images_encoded
+    llm.chat(chat("Two views.", noise_image(33, 80, 8), noise_image(50, 20, 9)), GREEDY, use_tqdm=False)
+    assert llm.engine.stats().num_images_encoded - before == 2
+    assert llm.engine.runner.vision.features == {}
+
+
+def test_prompt_with_patch_tokens_of_its_own_is_refused(llm):
+    with pytest.raises(ValueError, match="<\\|patch\\|>"):
+        llm.generate({"prompt": "<|image|><|patch|> hi", "images": [noise_image(20, 20, 3)]}, GREEDY,
+                     use_tqdm=False)
+
+
+def test_a_generated_image_token_is_not_given_image_features(llm):
+    """The model may sample <|patch|> itself: only the prompt's image tokens take features, so a step that decodes
+    one beside a prefilling image request gives rows for the latter alone."""
+    processor, vision = llm.engine.input_processor, llm.engine.runner.vision
+    decoding = Sequence(Sequence.next_id(), "a", processor.process_chat(CONVERSATIONS[2]).prompt_token_ids,
+                        SamplingParams(), output_token_ids=[PATCH_TOKEN])
+    prepared = processor.process_chat(CONVERSATIONS[1])
+    prefilling = Sequence(Sequence.next_id(), "b", prepared.prompt_token_ids, SamplingParams(),
+                          multimodal=prepared.multimodal)
+    num_prompt = len(prepared.prompt_token_ids)
+    inputs = vision.step_inputs([decoding, prefilling], [[decoding.num_tokens - 1], list(range(num_prompt))],
+                                [0, 1])
+    patch_rows = [1 + p for p, t in enumerate(prepared.prompt_token_ids) if t == PATCH_TOKEN]
+    assert inputs.image_token_rows.tolist() == patch_rows
+    assert inputs.image_embeds.shape[0] == len(patch_rows)
+    assert vision.features == {}
