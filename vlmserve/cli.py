@@ -1,4 +1,4 @@
-"""vlmserve command line: serve | generate | make-tiny | eval | bench."""
+"""vlmserve command line: serve | generate | make-tiny | eval | bench | plan."""
 
 import argparse
 import os
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from vlmserve.models.tiny import ensure_demo_model, write_tiny_checkpoint
+from vlmserve.planning import add_plan_parser
 
 
 def _add_model_options(parser: argparse.ArgumentParser,
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     _add_bench_options(commands)
+    add_plan_parser(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Tensor parallelism: how parameters are split across ranks (sharding)."""
