@@ -23,10 +23,9 @@ class PagedHarness:
 
     def __init__(self, model, num_blocks: int = 96, seed: int = 0):
         self.model = model
-        text = model.config.text
         dtype = next(model.parameters()).dtype
-        shape = (num_blocks, BLOCK_SIZE, text.num_key_value_heads, text.head_dim)
         for layer in model.self_attention_layers:
+            shape = (num_blocks, BLOCK_SIZE, layer.num_kv_heads, layer.head_dim)  # this rank's kv heads
             layer.bind_cache(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
         self.free_blocks = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
 
@@ -49,10 +48,13 @@ class PagedHarness:
             block_tables=torch.tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]),
             slot_mapping=torch.tensor(slots),
         )
-        hidden = self.model(torch.tensor(input_ids), torch.tensor(positions), metadata, image_embeds)
+        hidden = self.forward(torch.tensor(input_ids), torch.tensor(positions), metadata, image_embeds)
         for seq, n in zip(seqs, num_new):
             seq.num_computed += n
         return self.model.compute_logits(hidden)
+
+    def forward(self, input_ids, positions, metadata: AttentionMetadata, image_embeds) -> torch.Tensor:
+        return self.model(input_ids, positions, metadata, image_embeds)
 
     def prefill(self, token_ids: list[int], image_embeds=None) -> tuple[PagedSequence, torch.Tensor]:
         seq = PagedSequence(list(token_ids))
@@ -60,7 +62,10 @@ class PagedHarness:
 
     def greedy(self, token_ids: list[int], image_embeds, max_new_tokens: int) -> list[int]:
         """Prefill the prompt, then decode max_new_tokens tokens one step at a time (argmax)."""
-        seq, logits = self.prefill(token_ids, image_embeds)
+        return self.decode(*self.prefill(token_ids, image_embeds), max_new_tokens)
+
+    def decode(self, seq: PagedSequence, logits: torch.Tensor, max_new_tokens: int) -> list[int]:
+        """Greedy tokens after a step's logits, one step at a time."""
         start = len(seq.token_ids)
         while True:
             seq.token_ids.append(int(logits[-1].argmax()))

@@ -11,9 +11,12 @@ name match.
 import torch
 from torch import nn
 
+from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
 from vlmserve.layers.attention import PagedAttention
 from vlmserve.layers.attention_metadata import AttentionMetadata
+from vlmserve.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from vlmserve.layers.layernorm import RMSNorm
+from vlmserve.layers.linear import add_attention_projections
 from vlmserve.layers.mlp import GatedMLP
 from vlmserve.layers.moe import MoE
 from vlmserve.layers.rotary_embedding import InterleavedRotaryEmbedding
@@ -28,15 +31,10 @@ def l2_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class TextAttention(nn.Module):
-    def __init__(self, config: Llama4TextConfig, layer_idx: int):
+    def __init__(self, config: Llama4TextConfig, layer_idx: int, tp: TensorParallel):
         super().__init__()
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = config.head_dim
-        hidden, q_dim, kv_dim = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(hidden, q_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, kv_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, kv_dim, bias=False)
-        self.o_proj = nn.Linear(q_dim, hidden, bias=False)
+        add_attention_projections(self, config.hidden_size, config.num_attention_heads,
+                                  config.num_key_value_heads, config.head_dim, tp)
         use_rope = config.uses_rope(layer_idx)
         self.rotary_emb = InterleavedRotaryEmbedding(self.head_dim, config.rope) if use_rope else None
         self.qk_norm_eps = config.rms_norm_eps if use_rope and config.use_qk_norm else None
@@ -64,14 +62,14 @@ class TextAttention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: Llama4TextConfig, layer_idx: int):
+    def __init__(self, config: Llama4TextConfig, layer_idx: int, tp: TensorParallel):
         super().__init__()
-        self.self_attn = TextAttention(config, layer_idx)
+        self.self_attn = TextAttention(config, layer_idx, tp)
         if layer_idx in config.moe_layers:
             self.feed_forward = MoE(config.hidden_size, config.intermediate_size, config.num_local_experts,
-                                    config.num_experts_per_tok, config.hidden_act)
+                                    config.num_experts_per_tok, config.hidden_act, tp)
         else:
-            self.feed_forward = GatedMLP(config.hidden_size, config.intermediate_size_mlp, config.hidden_act)
+            self.feed_forward = GatedMLP(config.hidden_size, config.intermediate_size_mlp, config.hidden_act, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -81,10 +79,10 @@ class DecoderLayer(nn.Module):
 
 
 class Llama4TextModel(nn.Module):
-    def __init__(self, config: Llama4TextConfig):
+    def __init__(self, config: Llama4TextConfig, tp: TensorParallel):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, tp)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, tp) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x, positions, metadata: AttentionMetadata) -> torch.Tensor:
@@ -95,10 +93,10 @@ class Llama4TextModel(nn.Module):
 
 
 class Llama4ForCausalLM(nn.Module):
-    def __init__(self, config: Llama4TextConfig):
+    def __init__(self, config: Llama4TextConfig, tp: TensorParallel):
         super().__init__()
-        self.model = Llama4TextModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.model = Llama4TextModel(config, tp)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size, tp)
 
 
 class MultiModalProjector(nn.Module):
@@ -114,15 +112,16 @@ class MultiModalProjector(nn.Module):
 class Llama4ForConditionalGeneration(nn.Module):
     """The whole model. `transformers_compat` is stored for the engine's uniform interface: for Llama 4 we know of
     no departure of transformers from Meta's reference that this model would have to choose between (Meta's
-    reference decodes its RoPE layers without the chunk mask, which we, like transformers, do not copy)."""
+    reference decodes its RoPE layers without the chunk mask, which we, like transformers, do not copy). `tp`: this
+    rank's tensor-parallel group; the projector is replicated."""
 
-    def __init__(self, config: Llama4Config, transformers_compat: bool = False):
+    def __init__(self, config: Llama4Config, transformers_compat: bool = False, tp: TensorParallel = SINGLE):
         super().__init__()
         self.config = config
         self.transformers_compat = transformers_compat
-        self.vision_model = Llama4VisionModel(config.vision)
+        self.vision_model = Llama4VisionModel(config.vision, tp)
         self.multi_modal_projector = MultiModalProjector(config)
-        self.language_model = Llama4ForCausalLM(config.text)
+        self.language_model = Llama4ForCausalLM(config.text, tp)
 
     @property
     def self_attention_layers(self) -> list[PagedAttention]:
@@ -149,4 +148,5 @@ class Llama4ForConditionalGeneration(nn.Module):
         return self.language_model.model(x, positions, metadata)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] -> fp32 logits [T, vocab] over the whole vocabulary, on every rank."""
         return self.language_model.lm_head(hidden_states).float()

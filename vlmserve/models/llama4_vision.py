@@ -1,12 +1,15 @@
 """Llama 4 vision tower: a ViT with 2-D RoPE run on each tile alone, then pixel shuffle and a GELU adapter.
 
 Tiles are independent (no cross-tile attention, no mask). Module names follow the checkpoint (`vision_model.*`).
+Under tensor parallelism the encoder layers are split by heads; the stems, adapter and norms are replicated.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
+from vlmserve.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vlmserve.layers.mlp import VisionMLP
 from vlmserve.layers.rotary_embedding import rotate_pairs
 from vlmserve.models.llama4_config import Llama4VisionConfig
@@ -54,14 +57,14 @@ class VisionRotaryEmbedding(nn.Module):
 
 
 class VisionAttention(nn.Module):
-    def __init__(self, config: Llama4VisionConfig):
+    def __init__(self, config: Llama4VisionConfig, tp: TensorParallel):
         super().__init__()
-        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.num_heads, self.head_dim = config.num_attention_heads // tp.size, config.head_dim  # this rank's heads
         dim = config.hidden_size
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.o_proj = nn.Linear(dim, dim)
+        self.q_proj = ColumnParallelLinear(dim, dim, bias=True, tp=tp)
+        self.k_proj = ColumnParallelLinear(dim, dim, bias=True, tp=tp)
+        self.v_proj = ColumnParallelLinear(dim, dim, bias=True, tp=tp)
+        self.o_proj = RowParallelLinear(dim, dim, bias=True, tp=tp)
 
     def forward(self, x: torch.Tensor, rope: VisionRotaryEmbedding) -> torch.Tensor:
         """x [tiles, num_patches, D]: full attention within each tile."""
@@ -74,10 +77,10 @@ class VisionAttention(nn.Module):
 
 
 class VisionEncoderLayer(nn.Module):
-    def __init__(self, config: Llama4VisionConfig):
+    def __init__(self, config: Llama4VisionConfig, tp: TensorParallel):
         super().__init__()
-        self.self_attn = VisionAttention(config)
-        self.mlp = VisionMLP(config.hidden_size, config.intermediate_size)
+        self.self_attn = VisionAttention(config, tp)
+        self.mlp = VisionMLP(config.hidden_size, config.intermediate_size, tp)
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
 
@@ -87,9 +90,9 @@ class VisionEncoderLayer(nn.Module):
 
 
 class VisionEncoder(nn.Module):
-    def __init__(self, config: Llama4VisionConfig):
+    def __init__(self, config: Llama4VisionConfig, tp: TensorParallel):
         super().__init__()
-        self.layers = nn.ModuleList(VisionEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(VisionEncoderLayer(config, tp) for _ in range(config.num_hidden_layers))
 
     def forward(self, x: torch.Tensor, rope: VisionRotaryEmbedding) -> torch.Tensor:
         for layer in self.layers:
@@ -129,7 +132,7 @@ class PixelShuffleAdapter(nn.Module):
 
 
 class Llama4VisionModel(nn.Module):
-    def __init__(self, config: Llama4VisionConfig):
+    def __init__(self, config: Llama4VisionConfig, tp: TensorParallel = SINGLE):
         super().__init__()
         dim = config.hidden_size
         self.patch_embedding = UnfoldPatchEmbedding(config)
@@ -138,7 +141,7 @@ class Llama4VisionModel(nn.Module):
         self.rotary_embedding = VisionRotaryEmbedding(config)
         self.layernorm_pre = nn.LayerNorm(dim, eps=config.norm_eps)
         self.layernorm_post = nn.LayerNorm(dim, eps=config.norm_eps)
-        self.model = VisionEncoder(config)
+        self.model = VisionEncoder(config, tp)
         self.vision_adapter = PixelShuffleAdapter(config)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,25 @@
 """Load a Hugging Face model directory into our model: safetensors shard by shard, straight into parameters.
 
 The model is built on the meta device and materialised once, so peak host memory is the model plus the
-tensor being copied. Every check (files present, names known, shapes equal, nothing missing) either passes
-or raises with the offending name: a half-loaded model is never returned.
+tensor being copied. Under tensor parallelism the model has this rank's shapes and every checkpoint tensor is read
+through a safetensors slice cut by vlmserve/distributed/sharding.py: a rank reads only its own bytes. Every check
+(files present, names known, shapes equal, nothing missing) either passes or raises with the offending name: a
+half-loaded model is never returned.
 """
 
 import json
 import os
 import re
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
+from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
+from vlmserve.distributed.sharding import ShardSpec, shard_shape, shard_spec, shard_tensor, validate_tp
 from vlmserve.models.mllama_config import ConfigError
 from vlmserve.models.registry import resolve_model_family
 
@@ -90,14 +95,30 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     return [model_dir / n for n in names]
 
 
-def load_weights(model: nn.Module, files: list[Path]) -> None:
+@dataclass(frozen=True)
+class _Sharding:
+    """What cuts a checkpoint tensor down to this rank's part: the family's table, its config, the rank."""
+
+    model_type: str
+    config: object
+    tp: TensorParallel
+
+    def spec(self, param_name: str, name: str) -> ShardSpec:
+        try:
+            return shard_spec(self.model_type, param_name, self.config)
+        except ValueError as err:
+            raise WeightLoadError(f"checkpoint tensor {name!r}: {err}") from None
+
+
+def load_weights(model: nn.Module, files: list[Path], model_type: str, config, tp: TensorParallel = SINGLE) -> None:
     params = dict(model.named_parameters())
     parts: dict[str, set[str]] = {}  # parameter -> the parts of it loaded so far ("" = the whole)
+    sharding = _Sharding(model_type, config, tp)
     for path in files:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as shard:
                 for key in shard.keys():
-                    _copy_tensor(params, parts, hub_name(key), shard.get_tensor(key))
+                    _copy_tensor(params, parts, hub_name(key), shard.get_slice(key), sharding)
         except WeightLoadError:
             raise
         except Exception as err:  # safetensors raises plain errors for corrupt or truncated files
@@ -109,38 +130,49 @@ def load_weights(model: nn.Module, files: list[Path]) -> None:
         raise WeightLoadError(f"checkpoint is missing tensor {missing[0]!r}{more}")
 
 
-def _copy_tensor(params: dict[str, nn.Parameter], parts: dict[str, set[str]], name: str, tensor: torch.Tensor) -> None:
-    """Copy one checkpoint tensor into the parameter (or the part of one) it names, once."""
-    param_name, part, target, tensor = _destination(params, name, tensor)
+def _copy_tensor(params: dict[str, nn.Parameter], parts: dict[str, set[str]], name: str, tensor_slice,
+                 sharding: _Sharding) -> None:
+    """Copy this rank's part of one checkpoint tensor (a safetensors slice) into the parameter (or the part of one)
+    it names, once."""
+    param_name, part, target, spec, transposed = _destination(params, name, sharding)
     loaded = parts.setdefault(param_name, set())
     if part in loaded or (loaded and (part == "" or "" in loaded)):
         raise WeightLoadError(f"checkpoint tensor {name!r} fills {param_name!r}, which another tensor already filled")
-    if tuple(target.shape) != tuple(tensor.shape):
-        raise WeightLoadError(
-            f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(target.shape)}"
-        )
+    full_shape = tuple(tensor_slice.get_shape())
+    try:
+        shape = shard_shape(spec, full_shape, sharding.tp.size)
+    except ValueError as err:
+        raise WeightLoadError(f"tensor {name!r} of shape {full_shape}: {err}") from None
+    expected = tuple(target.shape[::-1] if transposed else target.shape)
+    if shape != expected:
+        implied = expected if sharding.tp.size == 1 else f"{expected} on each of {sharding.tp.size} ranks"
+        raise WeightLoadError(f"tensor {name!r} has shape {full_shape}, the config implies {implied}")
+    tensor = shard_tensor(spec, tensor_slice, sharding.tp.rank, sharding.tp.size)
     with torch.no_grad():
-        target.copy_(tensor)
+        target.copy_(tensor.T if transposed else tensor)
     loaded.add(part)
 
 
-def _destination(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor):
-    """(parameter name, part, the view of the parameter to fill, the tensor in that view's layout). A part is
-    "" for a whole parameter, or one expert's projection for the unfused expert layout."""
+def _destination(params: dict[str, nn.Parameter], name: str, sharding: _Sharding):
+    """(parameter name, part, the view of the parameter to fill, the checkpoint tensor's split, whether the
+    tensor is the view transposed). A part is "" for a whole parameter, or one expert's projection for the
+    unfused expert layout."""
     match = _UNFUSED_EXPERT.match(name)
     param_name = name if match is None else f"{match['experts']}.{_FUSED_EXPERT[match['proj']]}"
     if param_name not in params:
         raise WeightLoadError(f"checkpoint tensor {name!r} does not belong to this model")
-    param = params[param_name]
+    param, spec = params[param_name], sharding.spec(param_name, name)
     if match is None:
-        return param_name, "", param, tensor
+        return param_name, "", param, spec, False
     expert = int(match["expert"])
     if expert >= param.shape[0]:
         raise WeightLoadError(f"checkpoint tensor {name!r} names expert {expert}; the config has {param.shape[0]}")
     target = param[expert]  # [in, out]: x @ W
     if match["proj"] != "down":
-        target = target.chunk(2, dim=-1)[match["proj"] == "up"]  # gate columns first, then up
-    return param_name, f"{expert}.{match['proj']}", target, tensor.T
+        target = target.chunk(2, dim=-1)[match["proj"] == "up"]  # this rank's gate columns first, then its up
+    # One expert's [out, in] Linear weight: the fused [E, in, out] split's dim 1 (in) or 2 (out), transposed;
+    # a gate or up tensor is one part of the fused gate_up.
+    return param_name, f"{expert}.{match['proj']}", target, replace(spec, dim=2 - spec.dim, num_parts=1), True
 
 
 def _missing_parts(name: str, param: nn.Parameter, loaded: set[str]) -> list[str]:
@@ -156,10 +188,11 @@ def _missing_parts(name: str, param: nn.Parameter, loaded: set[str]) -> list[str
 
 
 def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
-    """Random weights of the real shapes (benchmarks): small uniform values keep activations finite."""
-    generator = torch.Generator().manual_seed(seed)
+    """Random weights of this rank's shapes (benchmarks): small uniform values keep activations finite. Each
+    parameter draws from its own seed, so replicated parameters agree across tensor-parallel ranks."""
     with torch.no_grad():
-        for param in model.parameters():
+        for name, param in model.named_parameters():
+            generator = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
             values = torch.empty(param.shape, dtype=torch.float32).uniform_(-1e-2, 1e-2, generator=generator)
             param.copy_(values)
 
@@ -171,18 +204,21 @@ def load_model(
     device: str | torch.device = "cpu",
     load_format: str = "auto",
     transformers_compat: bool = False,
+    tp: TensorParallel = SINGLE,
 ) -> LoadedModel:
-    """Build the model a directory's config.json describes and fill it from its safetensors files."""
+    """Build the model a directory's config.json describes and fill it from its safetensors files; under tensor
+    parallelism, this rank's part of it (`tp`), read as slices of the checkpoint tensors."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unsupported load_format {load_format!r}; use one of {', '.join(LOAD_FORMATS)}")
     model_dir = Path(model_dir)
     raw = read_config(model_dir)
     family = resolve_model_family(raw.get("model_type"))
     config = family.parse_config(raw)
+    validate_tp(raw["model_type"], config, tp.size)
     torch_dtype = resolve_dtype(dtype, config.dtype)
     files = checkpoint_files(model_dir) if load_format != "dummy" else []
     with torch.device("meta"):
-        model = family.model_class(config, transformers_compat=transformers_compat)
+        model = family.model_class(config, transformers_compat=transformers_compat, tp=tp)
     model = model.to(torch_dtype).to_empty(device=device)
     for module in model.modules():
         if hasattr(module, "reset_buffers"):
@@ -190,5 +226,5 @@ def load_model(
     if load_format == "dummy":
         init_dummy_weights(model)
     else:
-        load_weights(model, files)
+        load_weights(model, files, raw["model_type"], config, tp)
     return LoadedModel(model=model.eval(), config=config, dtype=torch_dtype)

@@ -7,29 +7,28 @@ Module names follow the Hub checkpoint, so loading is a straight name match.
 import torch
 from torch import nn
 
+from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
 from vlmserve.layers.attention import PagedAttention, cross_attention
 from vlmserve.layers.attention_metadata import AttentionMetadata, CrossBatch
+from vlmserve.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
 from vlmserve.layers.layernorm import RMSNorm
+from vlmserve.layers.linear import add_attention_projections
 from vlmserve.layers.mlp import GatedMLP
 from vlmserve.layers.rotary_embedding import RotaryEmbedding
 from vlmserve.models.mllama_config import MllamaConfig, MllamaTextConfig
 from vlmserve.models.mllama_vision import MllamaVisionModel
 
-def _add_attention_projections(module: nn.Module, config: MllamaTextConfig) -> None:
+
+def _add_attention_projections(module: nn.Module, config: MllamaTextConfig, tp: TensorParallel) -> None:
     """q/k/v/o projections (no bias) shared by the self- and cross-attention blocks."""
-    module.num_heads, module.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-    module.head_dim = config.head_dim
-    hidden, q_dim, kv_dim = config.hidden_size, module.num_heads * module.head_dim, module.num_kv_heads * module.head_dim
-    module.q_proj = nn.Linear(hidden, q_dim, bias=False)
-    module.k_proj = nn.Linear(hidden, kv_dim, bias=False)
-    module.v_proj = nn.Linear(hidden, kv_dim, bias=False)
-    module.o_proj = nn.Linear(q_dim, hidden, bias=False)
+    add_attention_projections(module, config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                              config.head_dim, tp)
 
 
 class TextSelfAttention(nn.Module):
-    def __init__(self, config: MllamaTextConfig):
+    def __init__(self, config: MllamaTextConfig, tp: TensorParallel):
         super().__init__()
-        _add_attention_projections(self, config)
+        _add_attention_projections(self, config, tp)
         self.rotary_emb = RotaryEmbedding(self.head_dim, config.rope)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim)
 
@@ -44,9 +43,9 @@ class TextSelfAttention(nn.Module):
 class TextCrossAttention(nn.Module):
     """Queries from text, keys/values from the projected vision states; q/k RMS-normed per head, no RoPE."""
 
-    def __init__(self, config: MllamaTextConfig):
+    def __init__(self, config: MllamaTextConfig, tp: TensorParallel):
         super().__init__()
-        _add_attention_projections(self, config)
+        _add_attention_projections(self, config, tp)
         self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
@@ -62,10 +61,10 @@ class TextCrossAttention(nn.Module):
 
 
 class SelfAttentionDecoderLayer(nn.Module):
-    def __init__(self, config: MllamaTextConfig):
+    def __init__(self, config: MllamaTextConfig, tp: TensorParallel):
         super().__init__()
-        self.self_attn = TextSelfAttention(config)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.self_attn = TextSelfAttention(config, tp)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -78,11 +77,11 @@ class CrossAttentionDecoderLayer(nn.Module):
     """Gated cross-attention block, computed only on the rows the step's CrossBatch names; the others keep their
     input. Rows that see no image (transformers' rule only) keep the attention branch and drop the MLP branch."""
 
-    def __init__(self, config: MllamaTextConfig, layer_idx: int):
+    def __init__(self, config: MllamaTextConfig, layer_idx: int, tp: TensorParallel):
         super().__init__()
         self.layer_idx = layer_idx
-        self.cross_attn = TextCrossAttention(config)
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.cross_attn = TextCrossAttention(config, tp)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.cross_attn_attn_gate = nn.Parameter(torch.zeros(1))
@@ -101,13 +100,13 @@ class CrossAttentionDecoderLayer(nn.Module):
 
 
 class MllamaTextModel(nn.Module):
-    def __init__(self, config: MllamaTextConfig):
+    def __init__(self, config: MllamaTextConfig, tp: TensorParallel):
         super().__init__()
         # 8 extra rows past the vocabulary: <|image|> (128256) is embedded like any other token.
-        self.embed_tokens = nn.Embedding(config.vocab_size + 8, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size + 8, config.hidden_size, tp)
         self.layers = nn.ModuleList(
-            CrossAttentionDecoderLayer(config, i) if i in config.cross_attention_layers
-            else SelfAttentionDecoderLayer(config)
+            CrossAttentionDecoderLayer(config, i, tp) if i in config.cross_attention_layers
+            else SelfAttentionDecoderLayer(config, tp)
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -120,22 +119,24 @@ class MllamaTextModel(nn.Module):
 
 
 class MllamaForCausalLM(nn.Module):
-    def __init__(self, config: MllamaTextConfig):
+    def __init__(self, config: MllamaTextConfig, tp: TensorParallel):
         super().__init__()
-        self.model = MllamaTextModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.model = MllamaTextModel(config, tp)
+        self.lm_head = ParallelLMHead(config.hidden_size, config.vocab_size, tp)
 
 
 class MllamaForConditionalGeneration(nn.Module):
-    """The whole model. `transformers_compat` reproduces transformers 5.x where it departs from Meta."""
+    """The whole model. `transformers_compat` reproduces transformers 5.x where it departs from Meta. `tp`: this
+    rank's tensor-parallel group; the projector is replicated (every rank needs its whole output)."""
 
-    def __init__(self, config: MllamaConfig, transformers_compat: bool = False):
+    def __init__(self, config: MllamaConfig, transformers_compat: bool = False, tp: TensorParallel = SINGLE):
         super().__init__()
         self.config = config
         self.transformers_compat = transformers_compat
-        self.vision_model = MllamaVisionModel(config.vision, intermediate_as_layer_input=not transformers_compat)
+        self.vision_model = MllamaVisionModel(config.vision, intermediate_as_layer_input=not transformers_compat,
+                                              tp=tp)
         self.multi_modal_projector = nn.Linear(config.vision.vision_output_dim, config.text.hidden_size)
-        self.language_model = MllamaForCausalLM(config.text)
+        self.language_model = MllamaForCausalLM(config.text, tp)
 
     @property
     def self_attention_layers(self) -> list[PagedAttention]:
@@ -155,4 +156,5 @@ class MllamaForConditionalGeneration(nn.Module):
         return self.language_model.model(input_ids, positions, metadata)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[T, hidden] -> fp32 logits [T, vocab] over the whole vocabulary, on every rank."""
         return self.language_model.lm_head(hidden_states).float()

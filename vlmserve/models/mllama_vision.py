@@ -1,12 +1,16 @@
 """Mllama vision encoder: tiled ViT with gated tile/position embeddings and a gated global transformer.
 
-All tiles of one image form one attention sequence. Module names follow the checkpoint (`vision_model.*`).
+All tiles of one image form one attention sequence. Module names follow the checkpoint (`vision_model.*`). Under
+tensor parallelism the encoder layers are split by heads (one all-reduce after attention, one after the MLP); the
+stems, layer norms and gates are replicated.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
+from vlmserve.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vlmserve.layers.mlp import VisionMLP
 from vlmserve.models.mllama_config import MllamaVisionConfig
 
@@ -47,15 +51,15 @@ class GatedPositionalEmbedding(nn.Module):
 
 
 class VisionAttention(nn.Module):
-    def __init__(self, config: MllamaVisionConfig):
+    def __init__(self, config: MllamaVisionConfig, tp: TensorParallel):
         super().__init__()
-        self.num_heads = config.attention_heads
+        self.num_heads = config.attention_heads // tp.size  # this rank's
         self.head_dim = config.hidden_size // config.attention_heads
         dim = config.hidden_size
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
-        self.o_proj = nn.Linear(dim, dim, bias=False)
+        self.q_proj = ColumnParallelLinear(dim, dim, tp=tp)
+        self.k_proj = ColumnParallelLinear(dim, dim, tp=tp)
+        self.v_proj = ColumnParallelLinear(dim, dim, tp=tp)
+        self.o_proj = RowParallelLinear(dim, dim, tp=tp)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x [images, seq, D]; mask [images, 1, seq, seq] bool."""
@@ -69,10 +73,10 @@ class VisionAttention(nn.Module):
 class VisionEncoderLayer(nn.Module):
     """Pre-LayerNorm ViT block; the global layers scale both branches by tanh gates."""
 
-    def __init__(self, config: MllamaVisionConfig, is_gated: bool):
+    def __init__(self, config: MllamaVisionConfig, is_gated: bool, tp: TensorParallel):
         super().__init__()
-        self.self_attn = VisionAttention(config)
-        self.mlp = VisionMLP(config.hidden_size, config.intermediate_size)
+        self.self_attn = VisionAttention(config, tp)
+        self.mlp = VisionMLP(config.hidden_size, config.intermediate_size, tp)
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.is_gated = is_gated
@@ -88,9 +92,9 @@ class VisionEncoderLayer(nn.Module):
 
 
 class VisionEncoder(nn.Module):
-    def __init__(self, config: MllamaVisionConfig, num_layers: int, is_gated: bool):
+    def __init__(self, config: MllamaVisionConfig, num_layers: int, is_gated: bool, tp: TensorParallel):
         super().__init__()
-        self.layers = nn.ModuleList(VisionEncoderLayer(config, is_gated) for _ in range(num_layers))
+        self.layers = nn.ModuleList(VisionEncoderLayer(config, is_gated, tp) for _ in range(num_layers))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: tuple[int, ...] = (), keep_inputs: bool = True):
         """Returns the final states and the states kept at `keep`: each layer's input (Meta) or output."""
@@ -118,7 +122,8 @@ def tile_attention_mask(aspect_ratio_mask: torch.Tensor, num_patches: int, padde
 
 
 class MllamaVisionModel(nn.Module):
-    def __init__(self, config: MllamaVisionConfig, intermediate_as_layer_input: bool = True):
+    def __init__(self, config: MllamaVisionConfig, intermediate_as_layer_input: bool = True,
+                 tp: TensorParallel = SINGLE):
         super().__init__()
         self.config = config
         self.intermediate_as_layer_input = intermediate_as_layer_input
@@ -130,8 +135,8 @@ class MllamaVisionModel(nn.Module):
         self.post_tile_positional_embedding = AspectRatioEmbedding(config)
         self.layernorm_pre = nn.LayerNorm(dim)
         self.layernorm_post = nn.LayerNorm(dim)
-        self.transformer = VisionEncoder(config, config.num_hidden_layers, is_gated=False)
-        self.global_transformer = VisionEncoder(config, config.num_global_layers, is_gated=True)
+        self.transformer = VisionEncoder(config, config.num_hidden_layers, is_gated=False, tp=tp)
+        self.global_transformer = VisionEncoder(config, config.num_global_layers, is_gated=True, tp=tp)
 
     def forward(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> torch.Tensor:
         """pixel_values [images, tiles, 3, H, W] -> [images, tiles, num_patches, vision_output_dim]."""
