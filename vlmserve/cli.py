@@ -18,6 +18,14 @@ def _add_model_options(parser: argparse.ArgumentParser,
     parser.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
     parser.add_argument("--transformers-compat", action="store_true",
                         help="reproduce transformers 5.x instead of Meta's reference where they differ")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="run decode steps eagerly: no CUDA graphs (on CUDA they are captured at start-up)")
+
+
+def _add_parallel_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+                        help="split the model over N processes, one device each (spawned here, or started by "
+                             "torchrun: see README)")
 
 
 def _resolve_model(args) -> str:
@@ -33,7 +41,8 @@ def cmd_generate(args) -> int:
     from vlmserve import LLM, SamplingParams
 
     llm = LLM(_resolve_model(args), dtype=args.dtype, device=args.device, load_format=args.load_format,
-              transformers_compat=args.transformers_compat)
+              transformers_compat=args.transformers_compat, tensor_parallel_size=args.tensor_parallel_size,
+              enforce_eager=args.enforce_eager)
     content = [{"type": "image_url", "image_url": {"url": path}} for path in args.image]
     content.append({"type": "text", "text": args.prompt})
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -59,7 +68,8 @@ def cmd_serve(args) -> int:
         transformers_compat=args.transformers_compat, num_kv_blocks=args.num_kv_blocks,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len, max_image_pixels=args.max_image_pixels,
-        gpu_memory_utilization=args.gpu_memory_utilization)
+        gpu_memory_utilization=args.gpu_memory_utilization, tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager=args.enforce_eager)
     env_key = os.environ.get("VLMSERVE_API_KEY")
     server_config = ServerConfig(
         served_model_name=args.served_model_name or Path(model).name,
@@ -69,8 +79,7 @@ def cmd_serve(args) -> int:
         max_image_bytes=args.max_image_bytes, max_queue=args.max_queue,
         image_fetch=ImageFetchConfig(timeout_s=args.image_fetch_timeout, max_bytes=args.max_image_bytes,
                                      allow_private=args.allow_private_image_urls))
-    serve(engine_config, server_config, host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    return serve(engine_config, server_config, host=args.host, port=args.port, log_level=args.log_level)
 
 
 def _add_serve_options(serve: argparse.ArgumentParser) -> None:
@@ -199,7 +208,8 @@ def cmd_bench(args) -> int:
     from vlmserve.bench.model_source import resolve_model
 
     options = dict(dtype=args.dtype, device=args.device, load_format=args.load_format,
-                   transformers_compat=args.transformers_compat, compare_hf=args.compare_hf)
+                   transformers_compat=args.transformers_compat, compare_hf=args.compare_hf,
+                   enforce_eager=args.enforce_eager)
     with resolve_model(_resolve_model(args), load_format=args.load_format, hf_overrides=args.hf_overrides) as source:
         if args.bench == "latency":
             from vlmserve.bench.latency import LatencySettings, run_latency
@@ -254,11 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
     _add_model_options(serve)
+    _add_parallel_options(serve)
     _add_serve_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     generate = commands.add_parser("generate", help="answer one prompt, with optional images")
     _add_model_options(generate)
+    _add_parallel_options(generate)
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     generate.add_argument("--system", help="system prompt")

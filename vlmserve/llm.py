@@ -19,7 +19,9 @@ class LLM:
 
     `transformers_compat=True` reproduces transformers 5.x where it departs from Meta's reference
     (vision intermediate features, cross-attention of text before the first image); the default follows Meta.
-    Other keyword arguments are `EngineConfig` fields (block_size, num_kv_blocks, max_num_seqs, ...).
+    Other keyword arguments are `EngineConfig` fields (block_size, num_kv_blocks, max_num_seqs, ...);
+    `tensor_parallel_size=N` splits the model over N processes, one device each: this one and N-1 it spawns (or,
+    under torchrun, the processes torchrun started; see README). `shutdown()` stops them; so does exiting.
     """
 
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", load_format: str = "auto",
@@ -28,6 +30,10 @@ class LLM:
                               transformers_compat=transformers_compat, **engine_options)
         self.engine = LLMEngine(config)
         self._request_ids = itertools.count()
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes; this LLM cannot generate afterwards."""
+        self.engine.shutdown()
 
     def get_tokenizer(self):
         return self.engine.tokenizer

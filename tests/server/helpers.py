@@ -4,7 +4,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 from PIL import Image
 
 from vlmserve.config import EngineConfig
+from vlmserve.distributed.launch import free_port
 
 MODEL = "tiny"
 REPO = Path(__file__).parents[2]
@@ -39,12 +39,6 @@ def noise_png_data_url(side: int) -> str:
 def image_message(text: str, *urls: str) -> dict:
     parts = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
     return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

@@ -52,12 +52,12 @@ class LatencySettings:
 
 
 def run_latency(source: ModelSource, settings: LatencySettings, *, dtype: str, device: str, load_format: str,
-                transformers_compat: bool, compare_hf: bool) -> dict:
+                transformers_compat: bool, compare_hf: bool, enforce_eager: bool = False) -> dict:
     require_mllama(source, "vlmserve bench latency")
     if compare_hf:
         hf_peer.require_transformers()
     transformers_compat = transformers_compat or compare_hf  # transformers' numerics, for comparable tokens
-    engine = _build_engine(source, settings, dtype, device, load_format, transformers_compat)
+    engine = _build_engine(source, settings, dtype, device, load_format, transformers_compat, enforce_eager)
     device, dtype = engine.device, engine.runner.dtype
     info = {"benchmark": "latency", "model": describe(source, engine, load_format, transformers_compat),
             "settings": {**asdict(settings), "timed_decode_steps": settings.timed_steps}}
@@ -86,7 +86,7 @@ def run_latency(source: ModelSource, settings: LatencySettings, *, dtype: str, d
     return info
 
 
-def _build_engine(source, settings, dtype, device, load_format, transformers_compat) -> LLMEngine:
+def _build_engine(source, settings, dtype, device, load_format, transformers_compat, enforce_eager) -> LLMEngine:
     """An engine whose KV pool holds the largest batch (each request: its image and its longest context), so that
     peak memory is the model plus what the benchmark needs, not a pool sized to the device."""
     largest = max(settings.batch_sizes)
@@ -95,7 +95,7 @@ def _build_engine(source, settings, dtype, device, load_format, transformers_com
     per_request = -(-model_len // BLOCK_SIZE) + VisionState.blocks_per_image(model_config, BLOCK_SIZE)
     config = EngineConfig(model=str(source.path), dtype=dtype, device=device, load_format=load_format,
                           transformers_compat=transformers_compat, block_size=BLOCK_SIZE, max_num_seqs=largest,
-                          max_model_len=model_len, num_kv_blocks=largest * per_request)
+                          max_model_len=model_len, num_kv_blocks=largest * per_request, enforce_eager=enforce_eager)
     reset_peak_memory(resolve_device(device))
     return LLMEngine(config)
 

@@ -37,14 +37,14 @@ class ThroughputSettings:
 
 
 def run_throughput(source: ModelSource, settings: ThroughputSettings, *, dtype: str, device: str,
-                   load_format: str, transformers_compat: bool, compare_hf: bool) -> dict:
+                   load_format: str, transformers_compat: bool, compare_hf: bool, enforce_eager: bool = False) -> dict:
     if compare_hf or settings.image_fraction > 0:
         require_mllama(source, "synthetic images (--image-fraction > 0) and --compare-hf")
     if compare_hf:
         hf_peer.require_transformers()
     transformers_compat = transformers_compat or compare_hf  # transformers' numerics, for comparable tokens
     llm = LLM(str(source.path), dtype=dtype, device=device, load_format=load_format,
-              transformers_compat=transformers_compat)
+              transformers_compat=transformers_compat, enforce_eager=enforce_eager)
     engine = llm.engine
     info = {"benchmark": "throughput", "settings": asdict(settings),
             "model": describe(source, engine, load_format, transformers_compat)}

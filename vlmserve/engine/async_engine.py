@@ -76,6 +76,7 @@ class AsyncLLMEngine:
         self._wake = asyncio.Event()  # set when a request arrives, so an idle loop steps again
         self._loop_task: asyncio.Task | None = None
         self._dead: EngineDeadError | None = None
+        self._failed: EngineDeadError | None = None
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "AsyncLLMEngine":
@@ -92,8 +93,16 @@ class AsyncLLMEngine:
 
     @property
     def is_stopped(self) -> bool:
-        """True once the loop has failed or the engine was shut down: no request can be served any more."""
-        return self._dead is not None
+        """True once the loop has failed, a tensor-parallel worker died, or the engine was shut down: no request can
+        be served any more."""
+        return self._dead is not None or self.engine.failure is not None
+
+    @property
+    def failure(self) -> EngineDeadError | None:
+        """Why the engine died (its loop failed, or a worker process exited), or None: None after a shutdown."""
+        if self._failed is None and self.engine.failure is not None:
+            self._fail(self.engine.failure)
+        return self._failed
 
     @property
     def kv_cache_usage(self) -> float:
@@ -105,7 +114,7 @@ class AsyncLLMEngine:
         """Stream one request: one output per step that advanced it, carrying only the new text, token ids and
         logprobs; the last has finished=True. add_request's errors (ValueError) raise before anything is
         yielded. Closing the generator early (client gone, task cancelled) aborts the request."""
-        if self._dead:
+        if self.failure or self._dead:
             raise self._dead
         request_id = uuid.uuid4().hex if request_id is None else request_id
         if request_id in self._streams:
@@ -181,8 +190,12 @@ class AsyncLLMEngine:
                     await self._wake.wait()
                     self._wake.clear()
         except Exception as error:
-            self._dead = EngineDeadError(f"the engine loop failed: {type(error).__name__}: {error}")
-            self._dead.__cause__ = error
-            for stream in self._streams.values():
-                stream.queue.put_nowait(self._dead)
-            self._streams.clear()
+            self._fail(error)
+
+    def _fail(self, error: Exception) -> None:
+        """Mark the engine dead for `error`; every waiting request gets the EngineDeadError."""
+        self._dead = self._failed = EngineDeadError(f"the engine failed: {type(error).__name__}: {error}")
+        self._dead.__cause__ = error
+        for stream in self._streams.values():
+            stream.queue.put_nowait(self._dead)
+        self._streams.clear()

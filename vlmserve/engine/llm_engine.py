@@ -6,7 +6,11 @@ from pathlib import Path
 import torch
 
 from vlmserve.config import EngineConfig
+from vlmserve.distributed import launch
 from vlmserve.engine.block_manager import BlockManager
+from vlmserve.engine.cuda_graphs import graphs_wanted
+from vlmserve.engine.executor import (Executor, check_tensor_parallel, load_shard, resolve_device, run_worker,
+                                      spawned_worker)
 from vlmserve.engine.input_processor import InputProcessor, PreparedInput
 from vlmserve.engine.model_family import MODEL_FAMILY_PARTS
 from vlmserve.engine.model_runner import ModelRunner
@@ -14,7 +18,7 @@ from vlmserve.engine.outputs import CompletionOutput, RequestOutput
 from vlmserve.engine.scheduler import Scheduler, SchedulerConfig
 from vlmserve.engine.sequence import Sequence
 from vlmserve.engine.structured_output import StructuredOutputManager
-from vlmserve.models.loader import load_model, read_config
+from vlmserve.models.loader import read_config
 from vlmserve.sampling_params import SamplingParams
 from vlmserve.tokenizer.detokenizer import IncrementalDetokenizer
 from vlmserve.tokenizer.tokenizer import load_tokenizer
@@ -51,18 +55,25 @@ class EngineStats:
     num_images_encoded: int
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class LLMEngine:
+    """The scheduler, tokenizer and sampler; the model on one device, or split over `tensor_parallel_size` ranks
+    (this process is rank 0: it spawns the others, or joins them under torchrun; see executor.py).
+
+    Under torchrun every process builds the engine; on ranks other than 0 the constructor serves rank 0's steps
+    until it stops, then raises SystemExit(0): those processes never produce output.
+    """
+
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.device = resolve_device(config.device)
-        loaded = load_model(config.model, dtype=config.dtype, device=self.device, load_format=config.load_format,
-                            transformers_compat=config.transformers_compat)
+        check_tensor_parallel(config)
+        ranks = launch.start_ranks(config.tensor_parallel_size, resolve_device(config.device), spawned_worker,
+                                   (config,))
+        if ranks.rank > 0:
+            run_worker(config, ranks)
+            raise SystemExit(0)
+        self.device = ranks.device
+        loaded, num_blocks = load_shard(config, ranks)
+        self.executor = Executor(ranks) if ranks.size > 1 else None
         self.model_config = loaded.config
         model_dir = Path(config.model)
         family = MODEL_FAMILY_PARTS[read_config(model_dir)["model_type"]]
@@ -70,12 +81,14 @@ class LLMEngine:
         self.input_processor = InputProcessor(
             self.tokenizer, family.image_prompts(model_dir, self.model_config, self.tokenizer),
             num_embeddings=family.num_embeddings(self.model_config), max_image_pixels=config.max_image_pixels)
-        num_blocks = self._num_kv_blocks(loaded.dtype)
         self.max_model_len = min(config.max_model_len or self.model_config.text.max_position_embeddings,
                                  num_blocks * config.block_size)
         self.structured_output = StructuredOutputManager(self.tokenizer, self.model_config.text.vocab_size)
         self.runner = ModelRunner(loaded.model, num_blocks, config.block_size, self.device, loaded.dtype,
-                                  self.structured_output, family.vision_state)
+                                  self.structured_output, family.vision_state,
+                                  send_step=self.executor.send if self.executor else None)
+        if graphs_wanted(config, self.device, loaded.model):
+            self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len),
             BlockManager(num_blocks, config.block_size,
@@ -84,23 +97,6 @@ class LLMEngine:
                          key_every_image=config.transformers_compat))
         self.eos_token_ids = tuple(sorted(set(self.tokenizer.stop_token_ids) | set(self.model_config.text.eos_token_ids)))
         self.requests: dict[str, _Request] = {}
-
-    def _num_kv_blocks(self, dtype: torch.dtype) -> int:
-        config = self.config
-        if config.num_kv_blocks:
-            return config.num_kv_blocks
-        per_block = ModelRunner.kv_bytes_per_block(self.model_config, config.block_size, dtype)
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            budget = free - total * (1 - config.gpu_memory_utilization)
-        else:
-            budget = config.cpu_kv_cache_bytes
-        model_len = config.max_model_len or self.model_config.text.max_position_embeddings
-        enough = config.max_num_seqs * -(-model_len // config.block_size)
-        num_blocks = min(int(budget // per_block), enough)
-        if num_blocks < 1:
-            raise ValueError("no memory left for the KV cache; lower the model size or raise the memory budget")
-        return num_blocks
 
     def add_request(self, request_id: str, prepared: PreparedInput, params: SamplingParams) -> None:
         if request_id in self.requests:
@@ -169,6 +165,16 @@ class LLMEngine:
             return self.runner.prefill_logits(seq)
         finally:
             block_manager.free(seq)
+
+    @property
+    def failure(self) -> Exception | None:
+        """Why the engine cannot run steps any more (a tensor-parallel worker died), or None."""
+        return self.executor.failure if self.executor else None
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers (nothing to do on one device); the engine cannot step afterwards."""
+        if self.executor is not None:
+            self.executor.shutdown()
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)

@@ -1,10 +1,13 @@
 """The one place a step's tensors are made: inputs, slot mapping, block tables, cross-attention inputs; then
 forward + sample."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from vlmserve.engine.cuda_graphs import DecodeGraphs, Forward
 from vlmserve.engine.sampler import Sampler, SamplingMetadata
 from vlmserve.engine.scheduler import ScheduledBatch
 from vlmserve.engine.structured_output import StructuredOutputManager
@@ -23,16 +26,37 @@ class StepResult:
     logprobs: list[dict[int, float] | None]  # per sequence: sampled + top tokens, when asked for
 
 
+@dataclass
+class ForwardStep:
+    """One step's forward as plain data and CPU tensors, made by rank 0 from its sequences: every tensor-parallel
+    rank runs the same step on its own shard and KV pool (`ModelRunner.execute`)."""
+
+    input_ids: list[int]
+    positions: list[int]
+    query_start_loc: list[int]
+    seq_lens: list[int]
+    block_tables: list[list[int]]
+    slot_mapping: list[int]
+    vision: Any  # the vision state's plan (CrossPlan, FeaturePlan) or None
+    logit_rows: list[int] | None  # flat-batch rows to compute logits at; None: every row
+
+
 class ModelRunner:
+    """Rank 0 plans each step from the scheduled sequences, hands it to `send_step` (the executor broadcasts it to
+    the other ranks; nothing on one rank) and executes it; only rank 0 samples. Other ranks only `execute`."""
+
     def __init__(self, model, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
-                 structured_output: StructuredOutputManager,
-                 vision_state: type[VisionState] | type[EarlyFusionState] = VisionState):
+                 structured_output: StructuredOutputManager | None,
+                 vision_state: type[VisionState] | type[EarlyFusionState] = VisionState,
+                 send_step: Callable[[ForwardStep], None] | None = None):
         self.model, self.device, self.dtype = model, torch.device(device), dtype
+        self.send_step = send_step
         self.vision_state = vision_state
         self.structured_output = structured_output
         self.block_size, self.num_blocks = block_size, num_blocks
         self.vocab_size = model.config.text.vocab_size
         self.sampler = Sampler()
+        self.graphs: DecodeGraphs | None = None  # decode steps' CUDA graphs, once captured
         self.generators: dict[int, torch.Generator] = {}
         self.prompt_tensors: dict[int, torch.Tensor] = {}
         self._allocate_kv_cache()
@@ -43,46 +67,79 @@ class ModelRunner:
         Llama 4's chunked-attention layers keep every position too: attention reads only the current chunk's."""
         text = self.model.config.text
         layers = self.model.self_attention_layers
-        shape = (self.num_blocks, len(layers), 2, self.block_size, text.num_key_value_heads, text.head_dim)
+        num_kv_heads = layers[0].num_kv_heads  # this rank's share under tensor parallelism
+        shape = (self.num_blocks, len(layers), 2, self.block_size, num_kv_heads, text.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(layers):
             layer.bind_cache(self.kv_cache[:, i, 0], self.kv_cache[:, i, 1])
-        pool_rows = self.kv_cache.view(-1, text.num_key_value_heads, text.head_dim)
+        pool_rows = self.kv_cache.view(-1, num_kv_heads, text.head_dim)
         self.vision = self.vision_state(self.model, pool_rows, len(layers) * 2 * self.block_size, self.device,
                                         self.dtype)
 
     @staticmethod
-    def kv_bytes_per_block(config, block_size: int, dtype: torch.dtype) -> int:
+    def kv_bytes_per_block(config, block_size: int, dtype: torch.dtype, num_kv_heads: int | None = None) -> int:
+        """Bytes of one block; `num_kv_heads` is a rank's share under tensor parallelism (default: all)."""
         text = config.text
         num_layers = len(text.self_attention_layers)
         elem = torch.empty((), dtype=dtype).element_size()
-        return num_layers * 2 * block_size * text.num_key_value_heads * text.head_dim * elem
+        return num_layers * 2 * block_size * (num_kv_heads or text.num_key_value_heads) * text.head_dim * elem
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepResult:
         """Compute the batch's new tokens; sample for the sequences whose last token is among them."""
-        input_ids, positions, metadata, vision = self._prepare(batch.seqs, batch.num_new_tokens)
-        ends = metadata.query_start_loc[1:]
         done = [i for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens))
                 if seq.num_computed_tokens + n == seq.num_tokens]
-        hidden = self.model(input_ids, positions, metadata, **vision.forward_kwargs())
+        step = self._plan(batch.seqs, batch.num_new_tokens, done)
+        logits = self._send_and_execute(step)
         if not done:
             return StepResult([], [], [])
-        logits = self.model.compute_logits(hidden[self._tensor([ends[i] - 1 for i in done])])
         return self._sample([batch.seqs[i] for i in done], logits)
 
     @torch.inference_mode()
     def prefill_logits(self, seq: Sequence) -> torch.Tensor:
         """Logits [new tokens, vocab] at every position a prefill of `seq` computes."""
-        input_ids, positions, metadata, vision = self._prepare([seq], [seq.num_uncomputed_tokens])
-        return self.model.compute_logits(self.model(input_ids, positions, metadata, **vision.forward_kwargs()))
+        return self._send_and_execute(self._plan([seq], [seq.num_uncomputed_tokens], None))
+
+    @torch.inference_mode()
+    def execute(self, step: ForwardStep) -> torch.Tensor | None:
+        """Run a planned step on this rank: its images, the forward, then logits at `step.logit_rows` (None when
+        there are none). Every rank calls this with the same step, so collectives inside meet in lockstep."""
+        if self.graphs is not None and self.graphs.can_replay(step):
+            return self.model.compute_logits(self.graphs.replay(step))
+        vision = self.vision.execute(step.vision)
+        metadata = AttentionMetadata(
+            query_start_loc=step.query_start_loc,
+            seq_lens=step.seq_lens,
+            block_tables=self._tensor(step.block_tables),
+            slot_mapping=self._tensor(step.slot_mapping),
+            cross=vision.cross,
+        )
+        input_ids, positions = self._tensor(step.input_ids), self._tensor(step.positions)
+        hidden = self.model(input_ids, positions, metadata, **vision.forward_kwargs())
+        if step.logit_rows is None:
+            return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden[self._tensor(step.logit_rows)]) if step.logit_rows else None
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int,
+                              capture: Callable[[Forward], Forward] | None = None) -> None:
+        """Capture the decode steps' CUDA graphs (cuda_graphs.py); `capture` replaces torch.cuda.CUDAGraph."""
+        self.graphs = DecodeGraphs(self.model, max_num_seqs, -(-max_model_len // self.block_size), self.device,
+                                   capture)
+
+    def _send_and_execute(self, step: ForwardStep) -> torch.Tensor | None:
+        if self.send_step is not None:
+            self.send_step(step)
+        return self.execute(step)
 
     def release(self, seq: Sequence) -> None:
         self.generators.pop(seq.seq_id, None)
         self.prompt_tensors.pop(seq.seq_id, None)
         self.vision.release(seq)
 
-    def _prepare(self, seqs: list[Sequence], num_new_tokens: list[int]):
+    def _plan(self, seqs: list[Sequence], num_new_tokens: list[int], logits_of: list[int] | None) -> ForwardStep:
+        """The step that computes `num_new_tokens` of each sequence, with logits at the last new token of the
+        sequences indexed by `logits_of` (None: at every new token)."""
         input_ids, positions, slots, query_start_loc, seq_positions = [], [], [], [0], []
         for seq, num_new in zip(seqs, num_new_tokens):
             start = seq.num_computed_tokens
@@ -94,15 +151,12 @@ class ModelRunner:
             query_start_loc.append(len(input_ids))
         max_blocks = max(len(seq.block_table) for seq in seqs)
         block_tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in seqs]
-        vision = self.vision.step_inputs(seqs, seq_positions, query_start_loc[:-1])
-        metadata = AttentionMetadata(
-            query_start_loc=query_start_loc,
+        return ForwardStep(
+            input_ids, positions, query_start_loc,
             seq_lens=[seq.num_computed_tokens + n for seq, n in zip(seqs, num_new_tokens)],
-            block_tables=self._tensor(block_tables),
-            slot_mapping=self._tensor(slots),
-            cross=vision.cross,
-        )
-        return self._tensor(input_ids), self._tensor(positions), metadata, vision
+            block_tables=block_tables, slot_mapping=slots,
+            vision=self.vision.plan(seqs, seq_positions, query_start_loc[:-1]),
+            logit_rows=None if logits_of is None else [query_start_loc[i + 1] - 1 for i in logits_of])
 
     def _tensor(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64, device=self.device)

@@ -30,6 +30,36 @@ class StepVisionInputs:
         return {"image_embeds": self.image_embeds, "image_token_rows": self.image_token_rows}
 
 
+@dataclass
+class ImageEncode:
+    """One image for the vision encoder, and the pool blocks its cross-attention K/V go to. Every rank encodes it
+    (the vision tower may be split across them) and writes its own kv heads into its own pool."""
+
+    pixel_values: torch.Tensor  # [1, tiles, 3, H, W], on the CPU
+    aspect_ratio_ids: torch.Tensor  # [1]
+    aspect_ratio_mask: torch.Tensor  # [1, tiles]
+    block_ids: list[int]
+
+
+@dataclass
+class SeqCrossPlan:
+    image_block_ids: list[list[int]]  # per image of the sequence: its pool blocks
+    num_tiles: list[int]  # per image: its real tiles
+    max_tiles: int
+    sees_image: torch.Tensor  # [q, images] bool, on the CPU: which images each cross-attending row sees
+
+
+@dataclass
+class CrossPlan:
+    """A step's cross-attention work, from the sequences, in plain data and CPU tensors: rank 0 makes it, every rank
+    turns it into the same CrossBatch over its own KV pool."""
+
+    encodes: list[ImageEncode]  # images to encode before the forward
+    rows: list[int]  # flat-batch rows that cross-attend, sequence by sequence
+    query_start_loc: list[int]
+    seqs: list[SeqCrossPlan]
+
+
 class VisionState:
     def __init__(self, model, kv_pool: torch.Tensor, rows_per_block: int, device: torch.device,
                  dtype: torch.dtype):
@@ -50,15 +80,15 @@ class VisionState:
         return -(-rows // (len(config.text.self_attention_layers) * 2 * block_size))
 
     def step_inputs(self, seqs: list[Sequence], positions: list[list[int]], starts: list[int]) -> StepVisionInputs:
-        return StepVisionInputs(cross=self.batch_inputs(seqs, positions, starts))
+        return self.execute(self.plan(seqs, positions, starts))
 
     def release(self, seq: Sequence) -> None:
         """Nothing per sequence: image K/V live in pool blocks the block manager owns."""
 
-    def batch_inputs(self, seqs: list[Sequence], positions: list[list[int]], starts: list[int]) -> CrossBatch | None:
-        """The step's cross-attention inputs; `positions` and `starts` give each sequence's new tokens and where
+    def plan(self, seqs: list[Sequence], positions: list[list[int]], starts: list[int]) -> CrossPlan | None:
+        """The step's cross-attention work; `positions` and `starts` give each sequence's new tokens and where
         they begin in the flat batch. None when no row takes part."""
-        rows, query_start_loc, inputs, mlp_scales = [], [0], [], []
+        plan = CrossPlan([], [], [0], [])
         for seq, seq_positions, start in zip(seqs, positions, starts):
             if seq.multimodal is None:
                 continue
@@ -68,32 +98,46 @@ class VisionState:
             first = 0 if self.model.transformers_compat else len(sees_any) - int(sees_any.sum())
             if first == len(sees_any):
                 continue
-            self._encode_missing(seq)
-            rows.extend(range(start + first, start + len(sees_any)))
-            query_start_loc.append(len(rows))
-            inputs.append(SeqCrossInputs(self._kv_rows(seq), self._mask(seq.multimodal, sees_image[first:])))
-            mlp_scales.append(sees_any[first:, None].to(self.dtype))
-        if not inputs:
-            return None
-        mlp_scale = torch.cat(mlp_scales) if self.model.transformers_compat else None
-        return CrossBatch(torch.tensor(rows, device=self.device), query_start_loc, inputs, mlp_scale, self.kv_pool)
+            plan.encodes.extend(self._missing(seq))
+            plan.rows.extend(range(start + first, start + len(sees_any)))
+            plan.query_start_loc.append(len(plan.rows))
+            mm = seq.multimodal
+            plan.seqs.append(SeqCrossPlan([entry.block_ids for entry in seq.image_entries], list(mm.num_tiles),
+                                          mm.pixel_values.shape[1], sees_image[first:]))
+        return plan if plan.seqs else None
 
-    def _encode_missing(self, seq: Sequence) -> None:
+    def execute(self, plan: CrossPlan | None) -> StepVisionInputs:
+        """Encode the plan's images into the pool, then build its CrossBatch (every rank runs this)."""
+        if plan is None:
+            return StepVisionInputs()
+        for image in plan.encodes:
+            self._encode_image(image)
+        sees_image = [seq.sees_image.to(self.device) for seq in plan.seqs]
+        inputs = [SeqCrossInputs(self._kv_rows(seq.image_block_ids), self._mask(seq, sees))
+                  for seq, sees in zip(plan.seqs, sees_image)]
+        mlp_scale = (torch.cat([sees.any(dim=1)[:, None].to(self.dtype) for sees in sees_image])
+                     if self.model.transformers_compat else None)
+        rows = torch.tensor(plan.rows, device=self.device)
+        return StepVisionInputs(cross=CrossBatch(rows, plan.query_start_loc, inputs, mlp_scale, self.kv_pool))
+
+    @staticmethod
+    def _missing(seq: Sequence) -> list[ImageEncode]:
+        """The sequence's images whose K/V are not in the pool yet (marked encoded: the step will write them)."""
+        missing, mm = [], seq.multimodal
         for index, entry in enumerate(seq.image_entries):
             if not entry.encoded:
-                self._encode_image(seq.multimodal, index, entry.block_ids)
+                missing.append(ImageEncode(mm.pixel_values[index : index + 1], mm.aspect_ratio_ids[index : index + 1],
+                                           mm.aspect_ratio_mask[index : index + 1], entry.block_ids))
                 entry.encoded = True
+        return missing
 
-    def _encode_image(self, mm: MultiModalInputs, index: int, block_ids: list[int]) -> None:
+    def _encode_image(self, image: ImageEncode) -> None:
         """Run the vision encoder on one image (alone, so its K/V never depend on what it was batched with) and
         write its K/V for every cross-attention layer into its blocks."""
-        kv = self.model.encode_images(
-            mm.pixel_values[index : index + 1].to(self.device, self.dtype),
-            mm.aspect_ratio_ids[index : index + 1].to(self.device),
-            mm.aspect_ratio_mask[index : index + 1].to(self.device),
-        )
+        kv = self.model.encode_images(image.pixel_values.to(self.device, self.dtype),
+                                      image.aspect_ratio_ids.to(self.device), image.aspect_ratio_mask.to(self.device))
         rows = torch.cat([tensor for layer in self.cross_layers for tensor in kv[layer]])  # [2*layers*V, heads, d]
-        self.kv_pool[self._image_rows(block_ids)[: rows.shape[0]]] = rows
+        self.kv_pool[self._image_rows(image.block_ids)[: rows.shape[0]]] = rows
         self.num_images_encoded += 1
 
     def _image_rows(self, block_ids: list[int]) -> torch.Tensor:
@@ -101,26 +145,27 @@ class VisionState:
         offsets = torch.arange(self.rows_per_block, device=self.device)
         return (torch.tensor(block_ids, device=self.device)[:, None] * self.rows_per_block + offsets).flatten()
 
-    def _kv_rows(self, seq: Sequence) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Per cross-attention layer, the pool rows of the sequence's vision K and V, its images concatenated."""
+    def _kv_rows(self, image_block_ids: list[list[int]]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per cross-attention layer, the pool rows of a sequence's vision K and V, its images concatenated."""
         n = self.tokens_per_image
-        image_rows = [self._image_rows(entry.block_ids) for entry in seq.image_entries]
+        image_rows = [self._image_rows(block_ids) for block_ids in image_block_ids]
         return {layer: (torch.cat([rows[2 * c * n : (2 * c + 1) * n] for rows in image_rows]),
                         torch.cat([rows[(2 * c + 1) * n : (2 * c + 2) * n] for rows in image_rows]))
                 for c, layer in enumerate(self.cross_layers)}
 
-    def _sees_image(self, mm: MultiModalInputs, positions: list[int], prompt_len: int) -> torch.Tensor:
+    @staticmethod
+    def _sees_image(mm: MultiModalInputs, positions: list[int], prompt_len: int) -> torch.Tensor:
         """[q, images] bool: which images each token attends to; generated tokens see what the last prompt token saw."""
-        pos = torch.tensor(positions, device=self.device).clamp(max=prompt_len - 1)[:, None]
-        starts = torch.tensor([r[0] for r in mm.token_ranges], device=self.device)[None, :]
-        ends = torch.tensor([r[1] for r in mm.token_ranges], device=self.device)[None, :]
+        pos = torch.tensor(positions).clamp(max=prompt_len - 1)[:, None]
+        starts = torch.tensor([r[0] for r in mm.token_ranges])[None, :]
+        ends = torch.tensor([r[1] for r in mm.token_ranges])[None, :]
         return (pos >= starts) & (pos < ends)
 
-    def _mask(self, mm: MultiModalInputs, sees_image: torch.Tensor) -> torch.Tensor:
+    def _mask(self, seq: SeqCrossPlan, sees_image: torch.Tensor) -> torch.Tensor:
         """[q, images*tiles*patches] bool from which images each token sees [q, images]: their real tiles' vision
         tokens. A row that sees no image (only under transformers' rule) attends to everything, as transformers does."""
-        max_tiles = mm.pixel_values.shape[1]
-        real_tile = torch.arange(max_tiles, device=self.device)[None, :] < torch.tensor(mm.num_tiles, device=self.device)[:, None]
+        real_tile = (torch.arange(seq.max_tiles, device=self.device)[None, :]
+                     < torch.tensor(seq.num_tiles, device=self.device)[:, None])
         mask = sees_image[:, :, None, None] & real_tile[None, :, :, None]
         mask = mask.expand(-1, -1, -1, self.model.config.vision.num_patches).reshape(len(sees_image), -1)
         return mask | ~sees_image.any(dim=1, keepdim=True)

@@ -1,8 +1,14 @@
-"""`vlmserve serve`: load the engine, build the app, run it on uvicorn until SIGTERM/SIGINT drains it."""
+"""`vlmserve serve`: load the engine, build the app, run it on uvicorn until SIGTERM/SIGINT drains it, or until
+the engine dies (a step failed, a tensor-parallel worker exited): then /health and every request answer 503 for
+DEAD_ENGINE_GRACE_S, the server shuts down and the process exits 1 — within HARD_EXIT_S even when a step is stuck
+in a collective with a dead peer and cannot be drained."""
 
+import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
 
 import uvicorn
 
@@ -13,9 +19,14 @@ from vlmserve.server.config import ServerConfig
 
 logger = logging.getLogger("vlmserve.server")
 
+DEAD_ENGINE_GRACE_S = 2.0
+HARD_EXIT_S = 30.0
+WATCH_INTERVAL_S = 0.2
+
 
 def serve(engine_config: EngineConfig, server_config: ServerConfig, *, host: str, port: int,
-          log_level: str = "info") -> None:
+          log_level: str = "info") -> int:
+    """Serve until stopped; returns the exit status: 0 after a drain, 1 when the engine died."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(levelname)s:     %(name)s: %(message)s")
     engine = AsyncLLMEngine.from_config(engine_config)
     app = build_app(engine, server_config)
@@ -27,7 +38,30 @@ def serve(engine_config: EngineConfig, server_config: ServerConfig, *, host: str
                 "/metrics)" if server_config.api_keys else "none: every client is served")
     logger.info("OpenAI-compatible API at http://%s:%d/v1 (docs at /docs)", host, port)
     _succeed_after_drain()
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    return asyncio.run(_serve_until_engine_dies(server, engine))
+
+
+async def _serve_until_engine_dies(server: uvicorn.Server, engine: AsyncLLMEngine) -> int:
+    watch = asyncio.create_task(_stop_when_engine_dies(server, engine))
+    try:
+        await server.serve()
+    finally:
+        watch.cancel()
+    if not server.started:
+        return 3  # uvicorn's startup-failure status (e.g. the port is taken)
+    return 0 if engine.failure is None else 1
+
+
+async def _stop_when_engine_dies(server: uvicorn.Server, engine: AsyncLLMEngine) -> None:
+    while engine.failure is None:
+        await asyncio.sleep(WATCH_INTERVAL_S)
+    logger.error("%s; answering 503 for %gs, then exiting", engine.failure, DEAD_ENGINE_GRACE_S)
+    timer = threading.Timer(DEAD_ENGINE_GRACE_S + HARD_EXIT_S, os._exit, (1,))
+    timer.daemon = True
+    timer.start()
+    await asyncio.sleep(DEAD_ENGINE_GRACE_S)
+    server.should_exit = True
 
 
 def _succeed_after_drain() -> None:
