@@ -90,10 +90,12 @@ class ModelRunner:
         done = [i for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens))
                 if seq.num_computed_tokens + n == seq.num_tokens]
         step = self._plan(batch.seqs, batch.num_new_tokens, done)
-        logits = self._send_and_execute(step)
         if not done:
+            self._send_and_execute(step)
             return StepResult([], [], [])
-        return self._sample([batch.seqs[i] for i in done], logits)
+        seqs = [batch.seqs[i] for i in done]
+        sampling = self._sampling_metadata(seqs)  # its host-to-device copies go before the forward, not after
+        return self._sample(seqs, self._send_and_execute(step), sampling)
 
     @torch.inference_mode()
     def prefill_logits(self, seq: Sequence) -> torch.Tensor:
@@ -161,7 +163,7 @@ class ModelRunner:
     def _tensor(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.int64, device=self.device)
 
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> StepResult:
+    def _sampling_metadata(self, seqs: list[Sequence]) -> SamplingMetadata:
         metadata = SamplingMetadata.build(
             [seq.params for seq in seqs],
             [self._prompt_tensor(seq) for seq in seqs],
@@ -172,6 +174,10 @@ class ModelRunner:
             banned_token_ids=[self._banned_tokens(seq) for seq in seqs],
         )
         metadata.banned_mask = self._with_grammar_mask(seqs, metadata.banned_mask)
+        return metadata
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor, metadata: SamplingMetadata) -> StepResult:
+        """The step's one host sync: reading the sampled tokens."""
         out = self.sampler(logits, metadata)
         token_ids = out.sampled_token_ids.tolist()
         return StepResult(seqs, token_ids, self._logprobs(seqs, token_ids, out.logprobs))
