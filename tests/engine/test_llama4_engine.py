@@ -7,6 +7,7 @@ from PIL import Image
 
 from tests.llama4_served import PATCH_TOKEN
 from vlmserve import LLM, SamplingParams
+from vlmserve.bench.model_source import resolve_model
 from vlmserve.engine.sequence import Sequence
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
@@ -101,3 +102,24 @@ def test_a_generated_image_token_is_not_given_image_features(llm):
     assert inputs.image_token_rows.tolist() == patch_rows
     assert inputs.image_embeds.shape[0] == len(patch_rows)
     assert vision.features == {}
+
+
+SMALL_SCOUT = {
+    "text_config": {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                    "head_dim": 16, "intermediate_size": 64, "intermediate_size_mlp": 128, "num_local_experts": 4,
+                    "no_rope_layers": [1, 1, 1, 0], "moe_layers": [0, 1, 2, 3]},
+    "vision_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128,
+                      "image_size": 28, "patch_size": 7, "projector_input_dim": 32, "projector_output_dim": 32,
+                      "vision_output_dim": 32},
+}
+
+
+def test_shipped_scout_config_serves_an_image_chat_with_dummy_weights():
+    """The real Scout config.json (vocabulary, special ids, routing, chunking), shrunk in width and depth: dummy
+    weights load, the stand-in tokenizer replaces the missing tokenizer.json, and an image chat generates."""
+    source = resolve_model("llama-4-scout-17b-16e", load_format="dummy", hf_overrides=SMALL_SCOUT)
+    llm = LLM(source.path, load_format="dummy", dtype="float32", device="cpu", num_kv_blocks=64)
+    assert llm.get_tokenizer().family == "llama4" and llm.engine.model_config.text.vocab_size == 202048
+    output = llm.chat(chat("What is this?", noise_image(40, 60, 4)), GREEDY, use_tqdm=False)[0]
+    assert len(output.outputs[0].token_ids) == GREEDY.max_tokens
+    assert output.prompt_token_ids.count(PATCH_TOKEN) > 0

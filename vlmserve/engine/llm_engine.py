@@ -1,5 +1,6 @@
 """The engine core both front ends drive: requests in, one scheduled step at a time, outputs back."""
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +22,20 @@ from vlmserve.engine.structured_output import StructuredOutputManager
 from vlmserve.models.loader import read_config
 from vlmserve.sampling_params import SamplingParams
 from vlmserve.tokenizer.detokenizer import IncrementalDetokenizer
-from vlmserve.tokenizer.tokenizer import load_tokenizer
+from vlmserve.tokenizer.llama4_standin import build_llama4_standin_tokenizer
+from vlmserve.tokenizer.tokenizer import (LLAMA4_SPECIAL_TOKENS, TOKENIZER_FILE, SpecialTokens, Tokenizer,
+                                         load_tokenizer)
+
+logger = logging.getLogger("vlmserve.engine")
+
+
+def engine_tokenizer(model_dir: Path, special: SpecialTokens, load_format: str) -> Tokenizer:
+    """The checkpoint's tokenizer. A bare Llama 4 config run with dummy weights (benchmarks) has none and its answers
+    are random anyway: it gets the stand-in tokenizer, whose special tokens sit at the real ids."""
+    if load_format == "dummy" and special is LLAMA4_SPECIAL_TOKENS and not (model_dir / TOKENIZER_FILE).is_file():
+        logger.warning("no %s in %s: using the stand-in Llama 4 tokenizer (dummy weights)", TOKENIZER_FILE, model_dir)
+        return Tokenizer(build_llama4_standin_tokenizer(), source="the stand-in Llama 4 tokenizer", special=special)
+    return load_tokenizer(model_dir, special)
 
 
 @dataclass
@@ -77,7 +91,7 @@ class LLMEngine:
         self.model_config = loaded.config
         model_dir = Path(config.model)
         family = MODEL_FAMILY_PARTS[read_config(model_dir)["model_type"]]
-        self.tokenizer = load_tokenizer(model_dir, family.special_tokens)
+        self.tokenizer = engine_tokenizer(model_dir, family.special_tokens, config.load_format)
         self.input_processor = InputProcessor(
             self.tokenizer, family.image_prompts(model_dir, self.model_config, self.tokenizer),
             num_embeddings=family.num_embeddings(self.model_config), max_image_pixels=config.max_image_pixels)
