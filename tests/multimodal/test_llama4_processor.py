@@ -198,14 +198,15 @@ def test_image_token_layout_written_out():
 def test_expand_image_placeholders_in_order():
     ids = LLAMA4_IMAGE_TOKEN_IDS
     prompt = [200000, 11, ids.image, 12, ids.image, 13]
-    expanded = expand_image_placeholders(prompt, [(1, 2), (1, 1)], 3, ids)
+    expanded, spans = expand_image_placeholders(prompt, [(1, 2), (1, 1)], 3, ids)
     first, second = image_token_ids((1, 2), 3, ids), image_token_ids((1, 1), 3, ids)
     assert expanded == [200000, 11, *first, 12, *second, 13]
     assert expanded.count(ids.image) == 2  # each expansion's own <|image|> stays as it is
+    assert [expanded[a:b] for a, b in spans] == [first, second]
 
 
 def test_expand_without_images_is_identity():
-    assert expand_image_placeholders([1, 2, 3], [], 144, LLAMA4_IMAGE_TOKEN_IDS) == [1, 2, 3]
+    assert expand_image_placeholders([1, 2, 3], [], 144, LLAMA4_IMAGE_TOKEN_IDS) == ([1, 2, 3], [])
 
 
 @pytest.mark.parametrize("num_placeholders, aspect_ratios", [(2, [(1, 1)]), (0, [(1, 1)]), (1, [])])

@@ -57,21 +57,13 @@ class Llama4ImagePrompts:
         if self.token_ids.patch in token_ids:
             raise ValueError("the prompt already holds <|patch|> tokens; give one <|image|> placeholder per image")
         processed = [process_llama4_image(image, self.image_config) for image in images]
-        expanded = expand_image_placeholders(token_ids, [p.aspect_ratio for p in processed],
-                                             self.image_config.tokens_per_tile, self.token_ids)
+        expanded, spans = expand_image_placeholders(token_ids, [p.aspect_ratio for p in processed],
+                                                    self.image_config.tokens_per_tile, self.token_ids)
         return expanded, MultiModalInputs(
             pixel_values=torch.cat([p.pixel_values for p in processed]),
             aspect_ratio_ids=None,
             aspect_ratio_mask=None,
             num_tiles=[p.num_tiles for p in processed],
-            token_ranges=self._image_spans(expanded, len(images)),
+            token_ranges=spans,
             content_hashes=[image_content_hash(image) for image in images],
         )
-
-    def _image_spans(self, token_ids: list[int], num_images: int) -> list[tuple[int, int]]:
-        starts = [i for i, t in enumerate(token_ids) if t == self.token_ids.image_start]
-        ends = [i + 1 for i, t in enumerate(token_ids) if t == self.token_ids.image_end]
-        if len(starts) != num_images or len(ends) != num_images:
-            raise ValueError("the prompt holds <|image_start|> or <|image_end|> tokens of its own; write images only "
-                             "as <|image|> placeholders")
-        return list(zip(starts, ends))

@@ -165,17 +165,23 @@ def image_token_ids(aspect_ratio: tuple[int, int], tokens_per_tile: int, ids: Ll
 
 
 def expand_image_placeholders(token_ids: list[int], aspect_ratios: list[tuple[int, int]], tokens_per_tile: int,
-                              ids: Llama4ImageTokenIds) -> list[int]:
-    """Replace the prompt's `<|image|>` placeholders, in order, with the expansion of each image."""
+                              ids: Llama4ImageTokenIds) -> tuple[list[int], list[tuple[int, int]]]:
+    """Replace the prompt's `<|image|>` placeholders, in order, with the expansion of each image; also returns each
+    image's half-open span in the expanded prompt."""
     num_placeholders = token_ids.count(ids.image)
     if num_placeholders != len(aspect_ratios):
         raise ValueError(f"the prompt has {num_placeholders} <|image|> placeholders (id {ids.image}) but "
                          f"{len(aspect_ratios)} images were given; they must match")
     expansions = iter(aspect_ratios)
-    expanded = []
+    expanded, spans = [], []
     for token in token_ids:
-        expanded += image_token_ids(next(expansions), tokens_per_tile, ids) if token == ids.image else [token]
-    return expanded
+        if token != ids.image:
+            expanded.append(token)
+            continue
+        image = image_token_ids(next(expansions), tokens_per_tile, ids)
+        spans.append((len(expanded), len(expanded) + len(image)))
+        expanded += image
+    return expanded, spans
 
 
 def _floor_product(side: int, scale, in_float32: bool) -> int:
