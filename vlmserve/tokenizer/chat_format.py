@@ -3,7 +3,8 @@
 Layout: `<|begin_of_text|>`, a system block, then per message
 `<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>`, then (if asked) the generation prompt
 `<|start_header_id|>assistant<|end_header_id|>\\n\\n`. Content parts are concatenated with no separators and
-each image part becomes `<|image|>` where it stands.
+each image part becomes `<|image|>` where it stands. The chat is rendered as pieces (chat_messages): those special
+tokens are the only ones in the prompt, and message text is encoded as literal text whatever it spells.
 
 The system block is where the two published formats disagree, so we choose per conversation:
 - Without images we match the Hub Instruct chat template exactly: a system block is always written, as
@@ -13,7 +14,8 @@ The system block is where the two published formats disagree, so we choose per c
   reference chat format instead: the system text is written as given, with no date preamble, and only when
   a system message is present.
 Only a leading system message is accepted. Tool calls and tool results (the `ipython` role) are not supported.
-`encode_chat` picks this format or Llama 4's (llama4_chat_format) from the tokenizer's model family.
+`encode_chat` picks this format or Llama 4's (llama4_chat_format) from the tokenizer's model family and encodes
+the pieces, which gives the ids of the whole prompt string whenever no message spells a special token.
 """
 
 import datetime
@@ -25,8 +27,11 @@ from vlmserve.tokenizer.chat_messages import (
     RenderedChat,
     Turn,
     check_options,
+    header,
+    literal,
     parse_messages,
     render_turns,
+    special,
 )
 from vlmserve.tokenizer.llama4_chat_format import render_llama4_chat
 from vlmserve.tokenizer.tokenizer import (
@@ -34,18 +39,20 @@ from vlmserve.tokenizer.tokenizer import (
     EOT,
     LLAMA3_SPECIAL_TOKENS,
     LLAMA4_SPECIAL_TOKENS,
+    PromptPiece,
     Tokenizer,
 )
 
 KNOWLEDGE_PREAMBLE = "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
 DATE_FORMAT = "%d %b %Y"
+START_HEADER, END_HEADER = "<|start_header_id|>", "<|end_header_id|>"
 
 __all__ = ["ChatFormatError", "RenderedChat", "encode_chat", "render_chat", "render_family_chat"]
 
 
 def render_chat(messages: list[dict], *, add_generation_prompt: bool = True, continue_final_message: bool = False,
                 date_string: str | None = None) -> RenderedChat:
-    """Render `messages` as a prompt string plus the image sources in the order their markers appear.
+    """Render `messages` as prompt pieces plus the image sources in the order their markers appear.
 
     `continue_final_message` leaves the final assistant message open (no `<|eot_id|>`) so generation
     continues it; it excludes `add_generation_prompt`. `date_string` replaces today's date in the system block
@@ -54,8 +61,9 @@ def render_chat(messages: list[dict], *, add_generation_prompt: bool = True, con
     check_options(messages, add_generation_prompt, continue_final_message)
     system, turns = parse_messages(messages)
     has_images = any(turn.images for turn in turns)
-    return render_turns(BEGIN_OF_TEXT + _system_block(system, has_images, date_string), turns, _header, EOT,
-                        add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
+    prefix = [special(BEGIN_OF_TEXT), *_system_block(system, has_images, date_string)]
+    return render_turns(prefix, turns, _header, EOT, add_generation_prompt=add_generation_prompt,
+                        continue_final_message=continue_final_message)
 
 
 def render_family_chat(family: str, messages: list[dict], **options: Any) -> RenderedChat:
@@ -76,18 +84,21 @@ def render_family_chat(family: str, messages: list[dict], **options: Any) -> Ren
 
 
 def encode_chat(tokenizer: Tokenizer, messages: list[dict], **options: Any) -> tuple[list[int], list]:
-    """Token ids of the chat rendered in the tokenizer's family format (no extra BOS) and its image sources."""
+    """Token ids of the chat rendered in the tokenizer's family format (no extra BOS) and its image sources.
+
+    Message text is encoded as literal text, so special-token strings in it stay text (no forged turns or images).
+    """
     rendered = render_family_chat(tokenizer.family, messages, **options)
-    return tokenizer.encode(rendered.prompt), rendered.images
+    return tokenizer.encode_pieces(rendered.pieces), rendered.images
 
 
-def _header(role: str) -> str:
-    return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+def _header(role: str) -> list[PromptPiece]:
+    return header(START_HEADER, role, END_HEADER)
 
 
-def _system_block(system: Turn | None, has_images: bool, date_string: str | None) -> str:
+def _system_block(system: Turn | None, has_images: bool, date_string: str | None) -> list[PromptPiece]:
     if has_images:
-        return "" if system is None else _header(SYSTEM) + system.text + EOT
+        return [] if system is None else [*_header(SYSTEM), *system.pieces, special(EOT)]
     date = date_string if date_string is not None else datetime.date.today().strftime(DATE_FORMAT)
     system_text = system.text.strip() if system is not None else ""
-    return _header(SYSTEM) + KNOWLEDGE_PREAMBLE.format(date=date) + system_text + EOT
+    return [*_header(SYSTEM), literal(KNOWLEDGE_PREAMBLE.format(date=date) + system_text), special(EOT)]

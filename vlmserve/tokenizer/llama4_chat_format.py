@@ -5,30 +5,42 @@ Layout: `<|begin_of_text|>`, a system block only when a system message is given
 message `<|header_start|>{role}<|header_end|>\\n\\n{content}<|eot|>`, then (if asked) the generation prompt
 `<|header_start|>assistant<|header_end|>\\n\\n`. Content parts are concatenated with no separators and each image
 part becomes `<|image|>` where it stands; the processor later expands each one into the image's tile tokens.
+The chat is rendered as pieces (chat_messages): those special tokens are the only ones in the prompt, and message
+text is encoded as literal text whatever it spells.
 
 This matches transformers' Llama 4 chat template, except that a system message given as several text parts
 keeps all of them (the template keeps only the first). Tool calls and tool results are not supported.
 """
 
-from vlmserve.tokenizer.chat_messages import SYSTEM, RenderedChat, check_options, parse_messages, render_turns
-from vlmserve.tokenizer.tokenizer import LLAMA4_SPECIAL_TOKENS
+from vlmserve.tokenizer.chat_messages import (
+    SYSTEM,
+    RenderedChat,
+    check_options,
+    header,
+    literal,
+    parse_messages,
+    render_turns,
+    special,
+)
+from vlmserve.tokenizer.tokenizer import LLAMA4_SPECIAL_TOKENS, PromptPiece
 
 EOT = LLAMA4_SPECIAL_TOKENS.eos  # <|eot|>
+HEADER_START, HEADER_END = "<|header_start|>", "<|header_end|>"
 
 
 def render_llama4_chat(messages: list[dict], *, add_generation_prompt: bool = True,
                        continue_final_message: bool = False) -> RenderedChat:
-    """Render `messages` as a Llama 4 prompt string plus the image sources in the order their markers appear.
+    """Render `messages` as Llama 4 prompt pieces plus the image sources in the order their markers appear.
 
     `continue_final_message` leaves the final assistant message open (no `<|eot|>`) so generation continues it;
     it excludes `add_generation_prompt`.
     """
     check_options(messages, add_generation_prompt, continue_final_message)
     system, turns = parse_messages(messages)
-    system_block = "" if system is None else _header(SYSTEM) + system.text.strip() + EOT
-    return render_turns(LLAMA4_SPECIAL_TOKENS.bos + system_block, turns, _header, EOT,
+    system_block = [] if system is None else [*_header(SYSTEM), literal(system.text.strip()), special(EOT)]
+    return render_turns([special(LLAMA4_SPECIAL_TOKENS.bos), *system_block], turns, _header, EOT,
                         add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
 
 
-def _header(role: str) -> str:
-    return f"<|header_start|>{role}<|header_end|>\n\n"
+def _header(role: str) -> list[PromptPiece]:
+    return header(HEADER_START, role, HEADER_END)
