@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS
+from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 GiB = 1 << 30
 
@@ -22,13 +22,14 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int | None = None  # defaults to the model's context, capped by the KV pool
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # width x height summed over one request's images
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1  # ranks the model is split over, one device each
     enforce_eager: bool = False  # no CUDA graphs: decode steps run eagerly too (vLLM's name)
 
     def __post_init__(self):
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "cpu_kv_cache_bytes",
-                    "max_image_pixels", "tensor_parallel_size")
+                    "max_image_pixels", "max_request_pixels", "tensor_parallel_size")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

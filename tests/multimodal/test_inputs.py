@@ -1,15 +1,24 @@
 """Image decoding from every accepted source, the errors for bad inputs, and the content hash."""
 
 import base64
+import hashlib
 import io
 import struct
+import weakref
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS, ImageInputError, image_content_hash, load_image
+from vlmserve.multimodal import inputs
+from vlmserve.multimodal.inputs import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageInputError,
+    image_content_hash,
+    load_image,
+    open_image,
+)
 
 SOURCE_KINDS = ["bytes", "bytearray", "path", "str-path", "file-url", "data-url"]
 # (format, save options, whether decoding gives back the exact pixels that were saved)
@@ -41,12 +50,15 @@ def as_source(data: bytes, kind: str, tmp_path, suffix: str = "img"):
     }[kind]
 
 
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_header_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims the given size, with no real pixel data behind it."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b""))
+            + png_chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("kind", SOURCE_KINDS)
@@ -143,12 +155,78 @@ def test_pixel_limit_is_configurable_per_call():
         load_image(data, max_pixels=9_999)
 
 
-@pytest.mark.parametrize("side", [10_000, 20_000])  # PIL warns above ~89M pixels and refuses above ~179M
-def test_pil_decompression_bomb_checks_become_image_input_errors(side):
-    max_image_pixels = Image.MAX_IMAGE_PIXELS
-    with pytest.raises(ImageInputError, match="too large to decode safely"):
-        load_image(png_header_claiming(side, side), max_pixels=10**12)
-    assert Image.MAX_IMAGE_PIXELS == max_image_pixels
+@pytest.mark.parametrize("side", [10_000, 20_000])  # above Pillow's own limits: it warns over ~89M, refuses ~179M
+def test_our_pixel_limit_answers_whatever_the_size(side):
+    with pytest.raises(ImageInputError, match=f"{side}x{side} = {side * side} pixels, more than 50000000 allowed"):
+        load_image(png_header_claiming(side, side))
+
+
+def test_a_limit_raised_above_pillows_is_ours_to_enforce():
+    with open_image(png_header_claiming(20_000, 20_000), max_pixels=400_000_000) as opened:  # header only
+        assert opened.num_pixels == 400_000_000
+    with pytest.raises(ImageInputError, match="40000x40000 = 1600000000 pixels, more than 1000000000 allowed"):
+        load_image(png_header_claiming(40_000, 40_000), max_pixels=1_000_000_000)
+
+
+def test_an_image_above_pillows_limit_decodes_within_ours():
+    width, height = 10_000, 9_000  # 90M pixels: Pillow alone would refuse it (warning turned error) or warn
+    assert width * height > 89_478_485
+    rows = zlib.compress(b"\x00" * ((1 + width // 8) * height))  # a filter byte and 1250 black bytes a row
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+    image = load_image(data, max_pixels=100_000_000)
+    assert (image.mode, image.size, image.getextrema()) == ("1", (width, height), (0, 0))
+
+
+def test_open_image_reads_the_header_and_decode_gives_the_image_once(tmp_path):
+    path = tmp_path / "image.png"
+    path.write_bytes(encode(noise_image(), "PNG"))
+    opened = open_image(path)
+    assert opened.size == (23, 17) and opened.num_pixels == 23 * 17
+    image = opened.decode()
+    assert image_content_hash(image) == image_content_hash(noise_image())
+    reference = weakref.ref(image)
+    del image
+    assert reference() is None  # the OpenedImage keeps no reference to the pixels it decoded
+
+
+@pytest.mark.parametrize("ending", ["decode", "close", "header error"])
+def test_image_files_are_closed(ending, tmp_path, monkeypatch):
+    files = []
+
+    def tracking_open(*args, **kwargs):
+        files.append(open(*args, **kwargs))
+        return files[-1]
+    monkeypatch.setattr(inputs, "open", tracking_open, raising=False)
+    path = tmp_path / "image.png"
+    path.write_bytes(b"not an image" if ending == "header error" else encode(noise_image(), "PNG"))
+    if ending == "header error":
+        with pytest.raises(ImageInputError, match="not a recognised image"):
+            open_image(path)
+    else:
+        opened = open_image(path)
+        assert not files[0].closed
+        opened.decode() if ending == "decode" else opened.close()
+    assert len(files) == 1 and files[0].closed
+
+
+@pytest.mark.parametrize("prefix", ["DATA:image/png;base64,", "Data:IMAGE/PNG;BASE64,"])
+def test_data_url_scheme_and_media_type_are_case_insensitive(prefix):
+    data = encode(noise_image(), "PNG")
+    image = load_image(prefix + base64.b64encode(data).decode())
+    assert image_content_hash(image) == image_content_hash(noise_image())
+
+
+def test_file_url_scheme_is_case_insensitive(tmp_path):
+    path = tmp_path / "image.png"
+    path.write_bytes(encode(noise_image(), "PNG"))
+    assert load_image("FILE" + path.as_uri()[len("file"):]).size == (23, 17)
+
+
+@pytest.mark.parametrize("url", ["HTTP://example.com/cat.png", "Https://example.com/cat.png"])
+def test_uppercase_remote_urls_are_left_to_the_server(url):
+    with pytest.raises(ImageInputError, match="server fetches remote URLs"):
+        load_image(url)
 
 
 def test_hash_depends_on_pixels_not_on_file_encoding():
@@ -170,3 +248,26 @@ def test_hash_depends_on_palette_and_transparency():
     transparent.info["transparency"] = 1
     hashes = {image_content_hash(version) for version in (image, recoloured, transparent)}
     assert len(hashes) == 3
+
+
+def test_hash_values_are_unchanged():
+    """Digests as the first implementation (sha256 over image.tobytes() in one piece) computed them."""
+    palette = noise_image(31, 9, seed=3).quantize(16)
+    palette.info["transparency"] = 2
+    assert image_content_hash(noise_image()) == "05abec9e7adb13c0663f93a546d5536c464d83f15eed5fa9c0cb6b1d8e216a31"
+    assert image_content_hash(palette) == "77d776123a96d1a22fa25b5e721b60b426af60eed102b9073adcc78024a2e64f"
+    bilevel = noise_image(13, 11, seed=4).convert("1")
+    assert image_content_hash(bilevel) == "249866af6af869521832cde0c9f0cfed1265c69bb434d6d35acd05959f715d0c"
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "LA", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F", "I;16"])
+@pytest.mark.parametrize("strip_pixels", [1, 40, 1 << 20])  # a row a strip, a few rows, the whole image
+def test_hash_in_row_strips_equals_hash_of_all_bytes(mode, strip_pixels, monkeypatch):
+    monkeypatch.setattr(inputs, "STRIP_PIXELS", strip_pixels)
+    image = noise_image(13, 7).convert("L" if mode in ("I", "F", "I;16") else mode).convert(mode)
+    digest = hashlib.sha256()
+    palette = image.getpalette() if image.mode in ("P", "PA") else None
+    for field in (image.mode, repr(image.size), repr(palette), repr(image.info.get("transparency"))):
+        digest.update(len(field.encode()).to_bytes(8, "little") + field.encode())
+    digest.update(len(image.tobytes()).to_bytes(8, "little") + image.tobytes())
+    assert image_content_hash(image) == digest.hexdigest()

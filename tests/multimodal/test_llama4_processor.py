@@ -10,6 +10,7 @@ import torch
 from transformers.models.llama4.processing_llama4 import Llama4Processor
 
 from tests.multimodal.hf_llama4_reference import ImageSpec, ProcessorSettings, hf_reference, random_image
+from vlmserve.multimodal import inputs
 from vlmserve.multimodal.llama4_processor import (
     LLAMA4_IMAGE_TOKEN_IDS,
     Llama4ImageConfig,
@@ -95,6 +96,12 @@ def test_resize_to_max_canvas_matches_hf_bitwise(hf):
 @pytest.mark.parametrize("mode", MODES)
 def test_modes_convert_to_rgb_as_hf_does(mode, hf):
     assert_image_matches_hf(SMALL, ImageSpec(45, 70, mode), hf)
+
+
+@pytest.mark.parametrize("spec", [ImageSpec(318, 318)] + [ImageSpec(45, 70, mode) for mode in MODES], ids=str)
+def test_pixels_gathered_in_row_strips_match_hf(spec, hf, monkeypatch):
+    monkeypatch.setattr(inputs, "STRIP_PIXELS", 100)  # strips of one to three rows
+    assert_image_matches_hf(SMALL, spec, hf)
 
 
 def test_images_concatenate_like_hf_batch(hf):

@@ -10,6 +10,7 @@ from transformers.models.mllama import image_processing_pil_mllama as hf_image
 from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 from transformers.models.mllama.processing_mllama import get_cross_attention_token_mask
 
+from vlmserve.multimodal import inputs
 from vlmserve.multimodal.mllama_processor import (
     CLIP_MEAN,
     CLIP_STD,
@@ -19,6 +20,7 @@ from vlmserve.multimodal.mllama_processor import (
     process_image,
     stack_images,
     supported_aspect_ratios,
+    to_rgb,
 )
 
 ATOL = 1e-5
@@ -81,6 +83,23 @@ def test_rgb_matches_hf_at_real_tile_size(size, hf_real):
 @pytest.mark.parametrize("mode", MODES)
 def test_modes_convert_to_rgb_as_hf_does(mode, hf_real):
     assert_matches_hf(random_image(90, 130, mode), MllamaImageConfig(), hf_real)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_modes_convert_in_row_strips_as_hf_does(mode, hf_real, monkeypatch):
+    monkeypatch.setattr(inputs, "STRIP_PIXELS", 200)  # strips of one or two rows
+    image = random_image(90, 130, mode)
+    if "A" in image.getbands() or "transparency" in image.info:  # converted whole, as HF does
+        whole = Image.alpha_composite(Image.new("RGBA", image.size, (255,) * 4), image.convert("RGBA")).convert("RGB")
+    else:
+        whole = image.convert("RGB")
+    assert to_rgb(image).tobytes() == whole.tobytes()
+    assert_matches_hf(image, MllamaImageConfig(), hf_real)
+
+
+def test_rgb_image_is_used_as_is():
+    image = random_image(20, 30)
+    assert to_rgb(image) is image
 
 
 def test_pixel_values_are_bitwise_equal_to_hf(hf_real):

@@ -1,5 +1,10 @@
 """How each model family puts images into a prompt: the tensors its vision encoder takes, and what becomes of the
-`<|image|>` placeholders the chat format and raw prompts carry (one per image)."""
+`<|image|>` placeholders the chat format and raw prompts carry (one per image).
+
+Images come as decoders (`OpenedImage.decode`), called one at a time: only one full-size decoded image is alive
+at once, whatever the number of images."""
+
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -17,7 +22,25 @@ from vlmserve.multimodal.mllama_processor import (
     cross_attention_token_ranges,
     process_image,
     stack_images,
+    to_rgb,
 )
+
+ImageDecoder = Callable[[], Image.Image]
+
+
+def _hash_and_process_each(decoders: list[ImageDecoder], process: Callable) -> tuple[list[str], list]:
+    """Each image's content hash and processed form, in order."""
+    pairs = [_hash_and_process(decode, process) for decode in decoders]
+    return [digest for digest, _ in pairs], [processed for _, processed in pairs]
+
+
+def _hash_and_process(decode: ImageDecoder, process: Callable):
+    # The decoded image lives only in this frame, freed before the next one is decoded; a non-RGB original goes
+    # as soon as its RGB conversion exists (the processors take an RGB image as is).
+    image = decode()
+    digest = image_content_hash(image)
+    image = to_rgb(image)
+    return digest, process(image)
 
 
 class MllamaImagePrompts:
@@ -29,8 +52,8 @@ class MllamaImagePrompts:
     def __init__(self, image_config: MllamaImageConfig, image_token_id: int):
         self.image_config, self.placeholder_id = image_config, image_token_id
 
-    def prepare(self, token_ids: list[int], images: list[Image.Image]) -> tuple[list[int], MultiModalInputs]:
-        processed = [process_image(image, self.image_config) for image in images]
+    def prepare(self, token_ids: list[int], images: list[ImageDecoder]) -> tuple[list[int], MultiModalInputs]:
+        hashes, processed = _hash_and_process_each(images, lambda image: process_image(image, self.image_config))
         pixel_values, aspect_ratio_ids, aspect_ratio_mask = stack_images(processed)
         return token_ids, MultiModalInputs(
             pixel_values=pixel_values,
@@ -38,7 +61,7 @@ class MllamaImagePrompts:
             aspect_ratio_mask=aspect_ratio_mask,
             num_tiles=[p.num_tiles for p in processed],
             token_ranges=cross_attention_token_ranges(token_ids, self.placeholder_id),
-            content_hashes=[image_content_hash(image) for image in images],
+            content_hashes=hashes,
         )
 
 
@@ -53,10 +76,11 @@ class Llama4ImagePrompts:
         self.image_config, self.token_ids = image_config, token_ids
         self.placeholder_id = token_ids.image
 
-    def prepare(self, token_ids: list[int], images: list[Image.Image]) -> tuple[list[int], MultiModalInputs]:
+    def prepare(self, token_ids: list[int], images: list[ImageDecoder]) -> tuple[list[int], MultiModalInputs]:
         if self.token_ids.patch in token_ids:
             raise ValueError("the prompt already holds <|patch|> tokens; give one <|image|> placeholder per image")
-        processed = [process_llama4_image(image, self.image_config) for image in images]
+        hashes, processed = _hash_and_process_each(
+            images, lambda image: process_llama4_image(image, self.image_config))
         expanded, spans = expand_image_placeholders(token_ids, [p.aspect_ratio for p in processed],
                                                     self.image_config.tokens_per_tile, self.token_ids)
         return expanded, MultiModalInputs(
@@ -65,5 +89,5 @@ class Llama4ImagePrompts:
             aspect_ratio_mask=None,
             num_tiles=[p.num_tiles for p in processed],
             token_ranges=spans,
-            content_hashes=[image_content_hash(image) for image in images],
+            content_hashes=hashes,
         )

@@ -1,11 +1,12 @@
 """Turns what a user sends (chat messages, a prompt string, token ids; images) into engine inputs."""
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from vlmserve.engine.image_prompts import Llama4ImagePrompts, MllamaImagePrompts
 from vlmserve.engine.sequence import MultiModalInputs
-from vlmserve.multimodal.inputs import load_image
+from vlmserve.multimodal.inputs import ImageInputError, OpenedImage, open_image
 from vlmserve.tokenizer.chat_format import encode_chat
 from vlmserve.tokenizer.tokenizer import Tokenizer
 
@@ -30,11 +31,12 @@ class PreparedInput:
 
 class InputProcessor:
     def __init__(self, tokenizer: Tokenizer, image_prompts: MllamaImagePrompts | Llama4ImagePrompts, *,
-                 num_embeddings: int, max_image_pixels: int):
+                 num_embeddings: int, max_image_pixels: int, max_request_pixels: int):
         self.tokenizer = tokenizer
         self.image_prompts = image_prompts
         self.num_embeddings = num_embeddings
         self.max_image_pixels = max_image_pixels
+        self.max_request_pixels = max_request_pixels
 
     def process_chat(self, messages: list[dict], **chat_options) -> PreparedInput:
         """OpenAI-style messages -> the model's chat format, images in the order they appear."""
@@ -77,12 +79,23 @@ class InputProcessor:
             )
         if not image_sources:
             return PreparedInput(prompt_token_ids=token_ids, prompt=prompt)
-        images = [load_image(source, max_pixels=self.max_image_pixels) for source in image_sources]
-        try:
-            token_ids, multimodal = self.image_prompts.prepare(token_ids, images)
-        except ValueError as err:
-            raise InputError(str(err)) from None
+        with ExitStack() as stack:
+            images = [stack.enter_context(open_image(source, max_pixels=self.max_image_pixels))
+                      for source in image_sources]
+            self._check_request_pixels(images)
+            try:  # one image decoded at a time, each dropped before the next is decoded
+                token_ids, multimodal = self.image_prompts.prepare(token_ids, [image.decode for image in images])
+            except ImageInputError:  # a corrupt image, found as it is decoded
+                raise
+            except ValueError as err:
+                raise InputError(str(err)) from None
         return PreparedInput(prompt_token_ids=token_ids, multimodal=multimodal, prompt=prompt)
+
+    def _check_request_pixels(self, images: list[OpenedImage]) -> None:
+        total = sum(image.num_pixels for image in images)
+        if total > self.max_request_pixels:
+            raise InputError(f"the request's images have {total} pixels in all; at most "
+                             f"{self.max_request_pixels} are allowed per request (max_request_pixels)")
 
 
 def with_bos(text: str, after_leading_images: bool = True) -> str:

@@ -94,7 +94,8 @@ class LLMEngine:
         self.tokenizer = engine_tokenizer(model_dir, family.special_tokens, config.load_format)
         self.input_processor = InputProcessor(
             self.tokenizer, family.image_prompts(model_dir, self.model_config, self.tokenizer),
-            num_embeddings=family.num_embeddings(self.model_config), max_image_pixels=config.max_image_pixels)
+            num_embeddings=family.num_embeddings(self.model_config), max_image_pixels=config.max_image_pixels,
+            max_request_pixels=config.max_request_pixels)
         self.max_model_len = min(config.max_model_len or self.model_config.text.max_position_embeddings,
                                  num_blocks * config.block_size)
         self.structured_output = StructuredOutputManager(self.tokenizer, self.model_config.text.vocab_size)

@@ -1,21 +1,61 @@
-"""Image inputs: bytes, paths, file:// and data: URLs -> decoded PIL images, plus a content hash."""
+"""Image inputs: bytes, paths, file:// and data: URLs -> PIL images (header checked first, pixels decoded on demand),
+plus a content hash."""
 
 import base64
 import hashlib
 import io
-import warnings
 from pathlib import Path
+from typing import IO, Iterator
 from urllib.parse import unquote, urlparse
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_MAX_REQUEST_PIXELS = 2 * DEFAULT_MAX_IMAGE_PIXELS  # summed over one request's images
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+STRIP_PIXELS = 1 << 20  # see row_strips
 _MAX_SHOWN_SOURCE_CHARS = 80
+
+# Pillow's process-wide decompression-bomb limit (~89M pixels warns, ~179M raises) would answer before our own
+# `max_pixels` check, with its limit instead of ours; ours, made from the header before decoding, replaces it.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageInputError(ValueError):
     """An image input that cannot be used: unreadable, corrupt, empty, too large or of an unsupported kind."""
+
+
+class OpenedImage:
+    """An image input whose header has been read and whose size has been checked; its pixels are not decoded yet.
+
+    Holds the input's stream (closed by `decode` or `close`; also a context manager), not its pixels.
+    """
+
+    def __init__(self, image: Image.Image, what: str, stream: IO[bytes] | None = None):
+        self._image, self._what, self._stream = image, what, stream
+        self.size = image.size
+
+    @property
+    def num_pixels(self) -> int:
+        return self.size[0] * self.size[1]
+
+    def decode(self) -> Image.Image:
+        """The decoded, upright image (once). It is no longer referenced here: its caller decides how long it lives."""
+        image, self._image = self._image, None
+        try:
+            return _decoded(image, self._what)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    def __enter__(self) -> "OpenedImage":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def load_image(source, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
@@ -26,14 +66,19 @@ def load_image(source, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.I
     Images with more than `max_pixels` pixels are rejected from their header, before their pixels are decoded.
     The EXIF orientation is applied; the mode is left as decoded (RGB conversion is the processor's job).
     """
+    return open_image(source, max_pixels=max_pixels).decode()
+
+
+def open_image(source, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> OpenedImage:
+    """Read and check the header of `source` (any input `load_image` takes) without decoding its pixels."""
     if isinstance(source, Image.Image):
-        return _checked(source, "the PIL image", max_pixels)
+        return OpenedImage(_checked_size(source, "the PIL image", max_pixels), "the PIL image")
     if isinstance(source, (bytes, bytearray)):
-        return _decode_bytes(bytes(source), f"image bytes ({len(source)} bytes)", max_pixels)
+        return _open_bytes(bytes(source), f"image bytes ({len(source)} bytes)", max_pixels)
     if isinstance(source, Path):
-        return _decode_file(source, max_pixels)
+        return _open_file(source, max_pixels)
     if isinstance(source, str):
-        return _load_string(source, max_pixels)
+        return _open_string(source, max_pixels)
     raise ImageInputError(
         f"unsupported image input of type {type(source).__name__}; "
         "pass a PIL image, bytes, a pathlib.Path, a file path, a file:// URL or a data:image/...;base64 URL"
@@ -47,7 +92,7 @@ def image_content_hash(image: Image.Image) -> str:
     palette = image.getpalette() if image.mode in ("P", "PA") else None
     for field in (image.mode, repr(image.size), repr(palette), repr(transparency)):
         _update_with_length(digest, field.encode())
-    _update_with_length(digest, image.tobytes())
+    _update_with_pixels(digest, image)
     return digest.hexdigest()
 
 
@@ -57,21 +102,40 @@ def _update_with_length(digest, data: bytes) -> None:
     digest.update(data)
 
 
-def _load_string(source: str, max_pixels: int) -> Image.Image:
-    if source.startswith(("http://", "https://")):
+def _update_with_pixels(digest, image: Image.Image) -> None:
+    # The bytes `_update_with_length(digest, image.tobytes())` hashes, without tobytes()'s full-size copies.
+    width, height = image.size
+    digest.update((len(image.crop((0, 0, width, 1)).tobytes()) * height).to_bytes(8, "little"))
+    for _, strip in row_strips(image):
+        digest.update(strip.tobytes())
+
+
+def row_strips(image: Image.Image) -> Iterator[tuple[int, Image.Image]]:
+    """(first row, copy of the rows from there) covering `image` top to bottom, about `STRIP_PIXELS` each: per-pixel
+    work on a large image without a second full-size copy of it."""
+    width, height = image.size
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        yield top, image.crop((0, top, width, min(top + rows, height)))
+
+
+def _open_string(source: str, max_pixels: int) -> OpenedImage:
+    scheme = source[:8].lower()  # URL schemes are case-insensitive (RFC 3986)
+    if scheme.startswith(("http://", "https://")):
         raise ImageInputError(
             f"remote image URL {_shown(source)} cannot be loaded here: the server fetches remote URLs; "
             "pass bytes, a file path or a data:image/...;base64 URL instead"
         )
-    if source.startswith("data:"):
-        return _decode_bytes(_data_url_payload(source), "the data URL", max_pixels)
-    if source.startswith("file:"):
-        return _decode_file(_file_url_path(source), max_pixels)
-    return _decode_file(Path(source), max_pixels)
+    if scheme.startswith("data:"):
+        return _open_bytes(_data_url_payload(source), "the data URL", max_pixels)
+    if scheme.startswith("file:"):
+        return _open_file(_file_url_path(source), max_pixels)
+    return _open_file(Path(source), max_pixels)
 
 
 def _data_url_payload(url: str) -> bytes:
     header, comma, payload = url.partition(",")
+    header = header.lower()  # the scheme, media type and ;base64 are all case-insensitive
     media_type = header[len("data:"):].split(";")[0]
     if not comma or not header.endswith(";base64") or not media_type.startswith("image/"):
         raise ImageInputError(
@@ -90,7 +154,7 @@ def _file_url_path(url: str) -> Path:
     return Path(unquote(parsed.path))
 
 
-def _decode_file(path: Path, max_pixels: int) -> Image.Image:
+def _open_file(path: Path, max_pixels: int) -> OpenedImage:
     what = f"image file {_shown(str(path))}"
     try:
         file = open(path, "rb")
@@ -98,38 +162,41 @@ def _decode_file(path: Path, max_pixels: int) -> Image.Image:
         raise ImageInputError(f"{what} does not exist") from None
     except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
         raise ImageInputError(f"{what} cannot be read: {getattr(error, 'strerror', None) or error}") from None
-    with file:
-        return _decode_stream(file, what, max_pixels)
+    try:
+        return _open_stream(file, what, max_pixels)
+    except ImageInputError:
+        file.close()
+        raise
 
 
-def _decode_bytes(data: bytes, what: str, max_pixels: int) -> Image.Image:
+def _open_bytes(data: bytes, what: str, max_pixels: int) -> OpenedImage:
     if not data:
         raise ImageInputError(f"{what} is empty")
-    return _decode_stream(io.BytesIO(data), what, max_pixels)
+    return _open_stream(io.BytesIO(data), what, max_pixels)
 
 
-def _decode_stream(stream, what: str, max_pixels: int) -> Image.Image:
+def _open_stream(stream: IO[bytes], what: str, max_pixels: int) -> OpenedImage:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream, formats=SUPPORTED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageInputError(f"{what} is too large to decode safely: {error}") from None
+        image = Image.open(stream, formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise ImageInputError(
             f"{what} is not a recognised image; supported formats: {', '.join(SUPPORTED_FORMATS)}"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageInputError(f"{what} has an unreadable header: {error}") from None
-    return _checked(image, what, max_pixels)
+    return OpenedImage(_checked_size(image, what, max_pixels), what, stream)
 
 
-def _checked(image: Image.Image, what: str, max_pixels: int) -> Image.Image:
+def _checked_size(image: Image.Image, what: str, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageInputError(f"{what} has zero size ({width}x{height})")
     if width * height > max_pixels:
         raise ImageInputError(f"{what} has {width}x{height} = {width * height} pixels, more than {max_pixels} allowed")
+    return image
+
+
+def _decoded(image: Image.Image, what: str) -> Image.Image:
     try:
         image.load()
         return _upright(image)

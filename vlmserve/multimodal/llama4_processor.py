@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vlmserve.multimodal.inputs import row_strips
 from vlmserve.multimodal.mllama_processor import to_rgb
 
 # torchvision resizes uint8 with torch's native uint8 kernel on these CPUs and through float32 + round elsewhere;
@@ -134,7 +135,7 @@ def resized_size(height: int, width: int, canvas_h: int, canvas_w: int,
 
 def process_image(image: Image.Image, config: Llama4ImageConfig) -> Llama4ProcessedImage:
     """Convert, resize, pad, normalise and tile one image as HF's `Llama4ImageProcessor` does."""
-    pixels = torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).contiguous()  # [3, H, W] uint8
+    pixels = _chw_pixels(to_rgb(image))
     height, width = pixels.shape[-2:]
     canvas_h, canvas_w = best_fit_canvas(height, width, config)
     new_h, new_w = resized_size(height, width, canvas_h, canvas_w, config)
@@ -186,6 +187,14 @@ def expand_image_placeholders(token_ids: list[int], aspect_ratios: list[tuple[in
 
 def _floor_product(side: int, scale, in_float32: bool) -> int:
     return math.floor(np.float32(side) * np.float32(scale) if in_float32 else side * scale)
+
+
+def _chw_pixels(image: Image.Image) -> torch.Tensor:
+    """[3, H, W] uint8 of an RGB image, filled a strip of rows at a time: np.array(image) makes full-size copies."""
+    pixels = torch.empty((3, image.height, image.width), dtype=torch.uint8)
+    for top, strip in row_strips(image):
+        pixels[:, top:top + strip.height] = torch.from_numpy(np.array(strip)).permute(2, 0, 1)
+    return pixels
 
 
 def _resize(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:

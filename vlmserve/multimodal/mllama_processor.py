@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vlmserve.multimodal.inputs import row_strips
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PIL_BILINEAR = 2
@@ -122,7 +124,19 @@ def process_image(image: Image.Image, config: MllamaImageConfig) -> ProcessedIma
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB as HF converts it: anything with alpha or a transparency entry is composited onto white."""
+    """RGB as HF converts it: anything with alpha or a transparency entry is composited onto white.
+
+    An RGB image comes back as is. Others are converted a strip of rows at a time (the conversion is per pixel), so
+    no full-size intermediate (RGBA copy, white backdrop, composite) is made besides the result."""
+    if image.mode == "RGB" and image.info.get("transparency") is None:
+        return image
+    rgb = Image.new("RGB", image.size)
+    for top, strip in row_strips(image):
+        rgb.paste(_strip_to_rgb(strip), (0, top))
+    return rgb
+
+
+def _strip_to_rgb(image: Image.Image) -> Image.Image:
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
     if not has_alpha:
         return image.convert("RGB")
