@@ -3,13 +3,18 @@ holds in these outputs holds because the grammar mask forced it."""
 
 import json
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 import pytest
 import torch
+import xgrammar as xgr
 
 from vlmserve import LLM, SamplingParams
-from vlmserve.engine.structured_output import StructuredOutputManager
+from vlmserve.engine import grammar_limits
+from vlmserve.engine.structured_output import GRAMMAR_CACHE_BYTES, MAX_JSON_WHITESPACE, StructuredOutputManager
 from vlmserve.sampling_params import StructuredOutputsParams
 from vlmserve.tokenizer.tokenizer import load_tokenizer
 
@@ -75,7 +80,7 @@ def test_grammar_ends_the_completion_without_stop_tokens_or_before_min_tokens(ll
 
 
 @pytest.mark.parametrize("structured_outputs, match", [
-    ({"json": {"type": "nonsense"}}, "structured_outputs.json"),
+    ({"json": {"type": "nonsense"}}, "structured_outputs.json is invalid"),
     ({"regex": "[0-9"}, "structured_outputs.regex.*Unclosed"),
     ({"grammar": "root ::= missing_rule"}, "structured_outputs.grammar.*missing_rule"),
 ])
@@ -144,3 +149,145 @@ def test_mask_bans_special_and_padding_ids_and_allows_stop_only_at_the_end():
     assert manager.is_terminated(0)
     manager.release(0)
     assert len(manager) == 0 and manager.banned_mask([0], torch.device("cpu")) is None
+
+
+LLAMA3_VOCAB = 128256  # the real vocabulary, so compile costs are the production ones
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def manager(tokenizer):
+    return StructuredOutputManager(tokenizer, LLAMA3_VOCAB)
+
+
+def nested(depth: int, keywords=("properties",)) -> dict:
+    """A schema `depth` subschemas deep (the root is 1), each level nesting through the next of `keywords`."""
+    schema = {"type": "string"}
+    for level in range(depth - 1):
+        keyword = keywords[level % len(keywords)]
+        schema = {
+            "properties": {"type": "object", "properties": {"a": schema}, "required": ["a"]},
+            "items": {"type": "array", "items": schema},
+            "anyOf": {"anyOf": [{"type": "null"}, schema]},
+            "additionalProperties": {"type": "object", "additionalProperties": schema},
+        }[keyword]
+    return schema
+
+
+def properties(count: int, required: bool) -> dict:
+    names = [f"field_{i}" for i in range(count)]
+    return {"type": "object", "properties": {name: {"type": "string"} for name in names},
+            "required": names if required else []}
+
+
+MIXED = ("properties", "items", "anyOf", "additionalProperties")
+REPEAT = "repetition count ({m,n} bounds, nested ones multiplied) is"
+OVER_THE_LIMITS = {  # each took seconds to minutes to compile, or grows into that
+    "depth 450": ({"json": nested(450)}, "schema nesting depth is 450, more than the 32 allowed"),
+    "mixed depth 33": ({"json": nested(33, MIXED)}, "schema nesting depth is 33"),
+    "depth in $defs": ({"json": {"$defs": {"d": nested(32)}, "$ref": "#/$defs/d"}}, "nesting depth is 33"),
+    "schema bytes": ({"json": {"type": "string", "description": "x" * 200_000}}, "schema size in bytes is 2000"),
+    "optional properties": ({"json": properties(129, required=False)}, "optional properties of one object is 129"),
+    "enum values": ({"json": {"enum": list(range(1001))}}, "number of enum values is 1001"),
+    "const length": ({"json": {"const": "x" * 20_000}}, "total length of enum and const values is 20002"),
+    "pattern repeat": ({"json": {"type": "string", "pattern": "a{100000}"}}, f"pattern {REPEAT} 100000"),
+    "patterns together": ({"json": {"type": "array", "prefixItems": [{"pattern": "[a-z]{400}"}] * 3}},
+                          "repetition count of all patterns together is 1200"),
+    "converted size": ({"json": properties(1000, required=True)}, "converted grammar length is"),
+    "regex repeat": ({"regex": "a{100000}"}, f"{REPEAT} 100000"),
+    "nested regex repeat": ({"regex": "(x|(a{1000}b)){1000}"}, f"{REPEAT} 1000000"),
+    "huge bound": ({"regex": "a{" + "9" * 5000 + "}"}, f"{REPEAT} 1000000000"),
+    "regex length": ({"regex": "a" * 10_000}, "length is 10000, more than the 8192 allowed"),
+    "choices": ({"choice": [str(i) for i in range(1001)]}, "count is 1001"),
+    "choice length": ({"choice": ["x" * 7000, "y" * 7000]}, "total length is 14000"),
+    "grammar length": ({"grammar": "root ::= " + " | ".join(f'"{i}"' for i in range(300_000))}, "length is"),
+}
+
+
+@pytest.mark.parametrize("structured_outputs, message", OVER_THE_LIMITS.values(), ids=OVER_THE_LIMITS)
+def test_each_limit_is_refused_at_once_naming_the_field(manager, structured_outputs, message):
+    params = StructuredOutputsParams(**structured_outputs)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        manager.compile(params)
+    assert time.monotonic() - started < 1  # a liveness bound, far below what compiling these took
+    assert str(refused.value).startswith(f"structured_outputs.{params.kind} ")
+
+
+def test_repetitions_in_classes_escapes_and_unbounded_ones_are_not_counted():
+    assert grammar_limits.check_regex("f", r"[{1000}]\{1000}a*(b+)?c{3,}(d{2}){5}") == 10
+
+
+@pytest.mark.parametrize("structured_outputs", [
+    {"json": nested(32)}, {"json": nested(32, MIXED), "disable_any_whitespace": True},
+    {"json": {"$defs": {"d": nested(31)}, "$ref": "#/$defs/d"}},
+    {"json": properties(128, required=False)}, {"json": {"type": "string", "pattern": "(a{10}){100}"}},
+    {"regex": "(a{10}){100}"}, {"choice": [f"option {i}" for i in range(1000)]},
+])
+def test_inputs_at_the_limits_compile(manager, structured_outputs):
+    assert isinstance(manager.compile(StructuredOutputsParams(**structured_outputs)), xgr.CompiledGrammar)
+
+
+def test_a_deep_schema_under_the_limit_constrains_exactly(manager):
+    grammar = manager.compile(StructuredOutputsParams(json=nested(32)))
+    value = '"leaf"'
+    for _ in range(31):
+        value = '{"a": ' + value + "}"
+    matcher = xgr.GrammarMatcher(grammar)
+    assert matcher.accept_string(value) and matcher.is_completed()
+    assert not xgr.GrammarMatcher(grammar).accept_string('{"b"')
+
+
+@pytest.mark.parametrize("structured_outputs, direct", [
+    ({"json": SCHEMA}, lambda c: c.compile_json_schema(json.dumps(SCHEMA), any_whitespace=True,
+                                                      max_whitespace_cnt=MAX_JSON_WHITESPACE)),
+    (SCHEMA_OUTPUT, lambda c: c.compile_json_schema(json.dumps(SCHEMA), any_whitespace=False,
+                                                   max_whitespace_cnt=MAX_JSON_WHITESPACE)),
+    ({"regex": "[0-9]{3}-[a-z]{2}"}, lambda c: c.compile_regex("[0-9]{3}-[a-z]{2}")),
+    ({"grammar": 'root ::= "a" x*\nx ::= [b-d]'}, lambda c: c.compile_grammar('root ::= "a" x*\nx ::= [b-d]')),
+])
+def test_converting_first_compiles_the_grammar_xgrammar_compiles_directly(manager, structured_outputs, direct):
+    compiled = manager.compile(StructuredOutputsParams(**structured_outputs))
+    assert str(compiled.grammar) == str(direct(manager._grammar_compiler()).grammar)
+
+
+def test_the_compiled_grammar_cache_is_bounded(manager):
+    manager.compile(StructuredOutputsParams(choice=["a"]))
+    assert 0 < manager._grammar_compiler().cache_limit_bytes <= GRAMMAR_CACHE_BYTES  # -1 would be unbounded
+
+
+def test_a_compile_over_budget_is_refused_and_busy_workers_refuse_the_next(tokenizer):
+    manager = StructuredOutputManager(tokenizer, LLAMA3_VOCAB, compile_budget_s=0.001, compile_workers=1)
+    slow = StructuredOutputsParams(json=properties(128, required=False))  # ~0.1 s: holds the one worker
+    with pytest.raises(ValueError, match=r"^structured_outputs\.json took longer than 0\.001 s to compile"):
+        manager.compile(slow)
+    with pytest.raises(ValueError, match=r"^structured_outputs\.choice cannot be compiled now: every grammar "
+                                         r"compile worker stayed busy"):
+        manager.compile(StructuredOutputsParams(choice=["a", "b"]))
+    manager.compile_budget_s = 30
+    assert isinstance(manager.compile(slow), xgr.CompiledGrammar)  # the worker came back (and cached the grammar)
+    with pytest.raises(ValueError, match="is invalid"):  # errors still come back through the worker
+        manager.compile(StructuredOutputsParams(regex="[0-9"))
+
+
+def test_concurrent_compiles_share_one_compiler(tokenizer, monkeypatch):
+    built = []
+    compiler_class = xgr.GrammarCompiler
+    monkeypatch.setattr(xgr, "GrammarCompiler", lambda *a, **k: built.append(1) or compiler_class(*a, **k))
+    manager = StructuredOutputManager(tokenizer, LLAMA3_VOCAB)
+    requests = [StructuredOutputsParams(choice=[f"c{i % 6}", "x"]) for i in range(24)]
+    barrier = threading.Barrier(8)
+
+    def compile_together(params):
+        barrier.wait()  # eight at a time, the first eight racing to build the compiler
+        return manager.compile(params)
+    with ThreadPoolExecutor(8) as pool:
+        compiled = list(pool.map(compile_together, requests))
+    assert built == [1]
+    for params, grammar in zip(requests, compiled):
+        matcher = xgr.GrammarMatcher(grammar, terminate_without_stop_token=True)
+        assert matcher.accept_string(params.choice[0]) and matcher.is_terminated()
