@@ -5,6 +5,8 @@ import math
 from dataclasses import dataclass
 
 MAX_LOGPROBS = 20
+# Integers reach int64 tensors (top-k, stop-token bans, generator seeds): anything outside would overflow there.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object")  # exactly one is set
 
 # name -> (accepts, what is accepted); checked after the type.
@@ -138,9 +140,12 @@ def _checked_float(name: str, value, accepts, accepted: str) -> float:
 
 
 def _check_int(name: str, value, accepts, accepted: str) -> None:
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if not (is_int and accepts(value)):
-        raise ValueError(f"{name} must be an integer {accepted}, got {value!r}")
+    if not (_is_int64(value) and accepts(value)):
+        raise ValueError(f"{name} must be a 64-bit integer {accepted}, got {value!r}")
+
+
+def _is_int64(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
 
 
 def _normalised_stop(stop) -> list[str]:
@@ -157,12 +162,12 @@ def _normalised_stop_token_ids(token_ids) -> list[int]:
     if token_ids is None:
         return []
     if not isinstance(token_ids, (list, tuple)) or not all(map(_is_token_id, token_ids)):
-        raise ValueError(f"stop_token_ids must be a list of integers >= 0, got {token_ids!r}")
+        raise ValueError(f"stop_token_ids must be a list of 64-bit integers >= 0, got {token_ids!r}")
     return list(token_ids)
 
 
 def _is_token_id(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return _is_int64(value) and value >= 0
 
 
 def _normalised_schema(schema) -> dict | None:

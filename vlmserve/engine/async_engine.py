@@ -1,15 +1,16 @@
 """The asyncio front end of the engine, which the HTTP server drives.
 
-One background task owns the engine: while requests exist it runs `engine.step()` in a worker thread, so the
-event loop keeps serving clients during a step, and hands each step's outputs to per-request queues. Every call
-into the engine (add, abort, step) holds one `threading.Lock` that is only ever taken in worker threads: the
-engine is never used by two threads at once and the event loop never blocks on it.
+One background task owns the engine: while requests exist it runs `engine.step()` on the engine's own thread, so
+the event loop keeps serving clients during a step, and hands each step's outputs to per-request queues. Every
+call into the engine (add, abort, step) runs on that one thread: the engine is never used by two threads at once,
+the event loop never blocks on it, and no other work (request preparation, grammar compiles) can queue in front
+of a step.
 """
 
 import asyncio
-import threading
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from vlmserve.config import EngineConfig
@@ -23,6 +24,10 @@ _ABORTED = object()  # queue item: abort() or shutdown() ended the request
 
 class EngineDeadError(RuntimeError):
     """The engine loop stopped (a step raised, its error is the __cause__, or it was shut down)."""
+
+
+class RequestFailedError(RuntimeError):
+    """The engine failed this one request (its error is logged there); the engine and other requests go on."""
 
 
 @dataclass
@@ -71,7 +76,8 @@ class _Stream:
 class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
-        self._lock = threading.Lock()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmserve-engine")
+        self._closed = False  # shutdown() has ended every request and released the thread
         self._streams: dict[str, _Stream] = {}
         self._wake = asyncio.Event()  # set when a request arrives, so an idle loop steps again
         self._loop_task: asyncio.Task | None = None
@@ -82,7 +88,7 @@ class AsyncLLMEngine:
     def from_config(cls, config: EngineConfig) -> "AsyncLLMEngine":
         return cls(LLMEngine(config))
 
-    # Snapshots for /metrics, read without the lock (len() is atomic); they count sequences, not requests.
+    # Snapshots for /metrics, read while a step may run (len() is atomic); they count sequences, not requests.
     @property
     def num_running(self) -> int:
         return len(self.engine.scheduler.running)
@@ -109,11 +115,13 @@ class AsyncLLMEngine:
         blocks = self.engine.scheduler.block_manager
         return 1 - blocks.num_free_blocks / blocks.num_blocks
 
-    async def generate(self, prepared: PreparedInput, params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+    async def generate(self, prepared: PreparedInput, params: SamplingParams, request_id: str | None = None,
+                       grammar=None) -> AsyncIterator[RequestOutput]:
         """Stream one request: one output per step that advanced it, carrying only the new text, token ids and
         logprobs; the last has finished=True. add_request's errors (ValueError) raise before anything is
-        yielded. Closing the generator early (client gone, task cancelled) aborts the request."""
+        yielded; RequestFailedError when the engine fails this request later. Closing the generator early (client
+        gone, task cancelled) aborts the request. `grammar`: structured_outputs compiled beforehand
+        (`engine.structured_output.compile`), so no compile runs on the engine's thread."""
         if self.failure or self._dead:
             raise self._dead
         request_id = uuid.uuid4().hex if request_id is None else request_id
@@ -122,9 +130,9 @@ class AsyncLLMEngine:
         # Registered before the add, so the loop cannot produce an output for it that finds no stream.
         stream = self._streams[request_id] = _Stream(request_id, prepared, params)
         try:
-            await self._locked(self.engine.add_request, request_id, prepared, params)
+            await self._on_engine_thread(self.engine.add_request, request_id, prepared, params, grammar)
             if self._streams.get(request_id) is not stream:  # abort() or a dead loop came during the add
-                await self._locked(self.engine.abort_request, request_id)
+                await self._on_engine_thread(self.engine.abort_request, request_id)
             self._start_loop()
             while True:
                 item = await stream.queue.get()
@@ -133,20 +141,24 @@ class AsyncLLMEngine:
                 if item is _ABORTED:
                     yield stream.aborted()
                     return
+                if item.error is not None:
+                    raise RequestFailedError(f"the engine failed request {request_id}: {item.error}")
                 yield stream.delta(item)
                 if item.finished:
                     return
         finally:
             if self._streams.get(request_id) is stream:  # neither finished nor aborted: the consumer left
                 del self._streams[request_id]
-                await self._locked(self.engine.abort_request, request_id)
+                await self._on_engine_thread(self.engine.abort_request, request_id)
 
     async def abort(self, request_id: str) -> None:
         """End a request now. Its blocks are free when this returns; its generator then yields a last output
         with finish_reason "abort" (and any text held back for stop strings) and ends. Unknown ids: no-op."""
         stream = self._streams.pop(request_id, None)  # first, so the loop drops outputs of a step in flight
+        if stream is None and self._closed:
+            return  # after shutdown() every request has ended
         try:
-            await self._locked(self.engine.abort_request, request_id)
+            await self._on_engine_thread(self.engine.abort_request, request_id)
         finally:
             if stream is not None:
                 stream.queue.put_nowait(_ABORTED)
@@ -159,13 +171,12 @@ class AsyncLLMEngine:
             await asyncio.gather(self._loop_task, return_exceptions=True)
         for request_id in list(self._streams):
             await self.abort(request_id)
+        self._closed = True
+        self._thread.shutdown(wait=False)  # idle now; what it still had queued runs first
 
-    async def _locked(self, fn, *args):
-        """Run an engine call in a worker thread, under the lock, so it never overlaps a step."""
-        def call():
-            with self._lock:
-                return fn(*args)
-        return await asyncio.to_thread(call)
+    async def _on_engine_thread(self, fn, *args):
+        """Run an engine call on the engine's thread, after the calls before it (a step in flight included)."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def _start_loop(self) -> None:
         if self._loop_task is None:
@@ -177,7 +188,7 @@ class AsyncLLMEngine:
         request gets an EngineDeadError rather than hanging."""
         try:
             while True:
-                outputs, busy = await self._locked(
+                outputs, busy = await self._on_engine_thread(
                     lambda: (self.engine.step(), self.engine.has_unfinished_requests()))
                 for output in outputs:
                     stream = self._streams.get(output.request_id)

@@ -50,6 +50,7 @@ class _Request:
     request_id: str
     prepared: PreparedInput
     completions: list[_Completion] = field(default_factory=list)
+    error: str | None = None  # why the engine failed it
 
     @property
     def finished(self) -> bool:
@@ -113,14 +114,17 @@ class LLMEngine:
         self.eos_token_ids = tuple(sorted(set(self.tokenizer.stop_token_ids) | set(self.model_config.text.eos_token_ids)))
         self.requests: dict[str, _Request] = {}
 
-    def add_request(self, request_id: str, prepared: PreparedInput, params: SamplingParams) -> None:
+    def add_request(self, request_id: str, prepared: PreparedInput, params: SamplingParams, grammar=None) -> None:
+        """Queue a request. `grammar` is its structured_outputs already compiled (`structured_output.compile`, which
+        a server runs off the engine's thread); when None and the request is constrained, it is compiled here."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already running")
         max_tokens = self._check_length(prepared, params)
         if max_tokens != params.max_tokens:
             params = replace(params, max_tokens=max_tokens)
         structured = params.structured_outputs
-        grammar = None if structured is None else self.structured_output.compile(structured)
+        if grammar is None and structured is not None:
+            grammar = self.structured_output.compile(structured)
         request = _Request(request_id, prepared)
         for index in range(params.n):
             seq = self._new_sequence(request_id, prepared, params, index)
@@ -216,10 +220,16 @@ class LLMEngine:
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += num_new
         touched: dict[str, _Request] = {}
+        failed = list(result.failed)
         for seq, token_id, logprobs in zip(result.seqs, result.token_ids, result.logprobs):
             request = self.requests[seq.request_id]
-            self._append_token(request.completions[seq.index], token_id, logprobs)
+            try:
+                self._append_token(request.completions[seq.index], token_id, logprobs)
+            except Exception as error:  # noqa: BLE001 - fails this request alone
+                failed.append((seq, error))
             touched[seq.request_id] = request
+        for seq, error in failed:
+            touched[seq.request_id] = self._fail_request(seq, error)
         outputs = [self._output(request) for request in touched.values()]
         for request in touched.values():
             if request.finished:
@@ -270,6 +280,18 @@ class LLMEngine:
         completion.seq.stop_reason = stop
         return True
 
+    def _fail_request(self, seq: Sequence, error: Exception) -> _Request:
+        """End every completion of `seq`'s request with finish_reason "error"; the step goes on for the others."""
+        logger.error("request %s failed in the engine; the other requests go on", seq.request_id,
+                     exc_info=(type(error), error, error.__traceback__))
+        request = self.requests[seq.request_id]
+        request.error = f"{type(error).__name__}: {error}"
+        for completion in request.completions:
+            if not completion.seq.is_finished:
+                completion.seq.finish_reason = "error"
+                self._release(completion.seq)
+        return request
+
     def _release(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         self.runner.release(seq)
@@ -286,4 +308,5 @@ class LLMEngine:
             for c in request.completions
         ]
         return RequestOutput(request.request_id, request.prepared.prompt, request.prepared.prompt_token_ids,
-                             outputs, finished=request.finished, num_images=request.prepared.num_images)
+                             outputs, finished=request.finished, num_images=request.prepared.num_images,
+                             error=request.error)

@@ -1,8 +1,9 @@
 """The one place a step's tensors are made: inputs, slot mapping, block tables, cross-attention inputs; then
 forward + sample."""
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,14 +17,18 @@ from vlmserve.engine.early_fusion_state import EarlyFusionState
 from vlmserve.engine.vision_state import VisionState
 from vlmserve.layers.attention_metadata import AttentionMetadata
 
+logger = logging.getLogger("vlmserve.engine")
+
 
 @dataclass
 class StepResult:
-    """The sequences whose step reached their last token, each with its sampled token (and logprobs)."""
+    """The sequences whose step reached their last token, each with its sampled token (and logprobs), and those
+    whose sampling raised: one request's bad sampling fails that request, never the step."""
 
     seqs: list[Sequence]
     token_ids: list[int]
     logprobs: list[dict[int, float] | None]  # per sequence: sampled + top tokens, when asked for
+    failed: list[tuple[Sequence, Exception]] = field(default_factory=list)
 
 
 @dataclass
@@ -94,7 +99,10 @@ class ModelRunner:
             self._send_and_execute(step)
             return StepResult([], [], [])
         seqs = [batch.seqs[i] for i in done]
-        sampling = self._sampling_metadata(seqs)  # its host-to-device copies go before the forward, not after
+        try:  # its host-to-device copies go before the forward, not after
+            sampling = self._sampling_metadata(seqs)
+        except Exception:  # noqa: BLE001 - some row cannot be sampled; _sample finds which, after the forward
+            sampling = None
         return self._sample(seqs, self._send_and_execute(step), sampling)
 
     @torch.inference_mode()
@@ -176,8 +184,31 @@ class ModelRunner:
         metadata.banned_mask = self._with_grammar_mask(seqs, metadata.banned_mask)
         return metadata
 
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor, metadata: SamplingMetadata) -> StepResult:
-        """The step's one host sync: reading the sampled tokens."""
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor, metadata: SamplingMetadata | None) -> StepResult:
+        """The step's one host sync: reading the sampled tokens. If the batch cannot be sampled, each row is sampled
+        on its own, so that only the rows that raise fail (seeded rows draw again from where they stood)."""
+        if metadata is not None:
+            seeded = [seq.seq_id for seq in seqs if seq.params.seed is not None]
+            states = {seq_id: self.generators[seq_id].get_state() for seq_id in seeded}
+            try:
+                return self._sample_rows(seqs, logits, metadata)
+            except Exception:  # noqa: BLE001 - logged, then isolated row by row
+                logger.warning("sampling a batch of %d failed; sampling its rows one by one", len(seqs), exc_info=True)
+                for seq_id, state in states.items():
+                    self.generators[seq_id].set_state(state)
+        result = StepResult([], [], [])
+        for row, seq in enumerate(seqs):
+            try:
+                one = self._sample_rows([seq], logits[row:row + 1], self._sampling_metadata([seq]))
+            except Exception as error:  # noqa: BLE001 - fails this sequence's request alone
+                result.failed.append((seq, error))
+                continue
+            result.seqs.append(seq)
+            result.token_ids += one.token_ids
+            result.logprobs += one.logprobs
+        return result
+
+    def _sample_rows(self, seqs: list[Sequence], logits: torch.Tensor, metadata: SamplingMetadata) -> StepResult:
         out = self.sampler(logits, metadata)
         token_ids = out.sampled_token_ids.tolist()
         return StepResult(seqs, token_ids, self._logprobs(seqs, token_ids, out.logprobs))

@@ -8,7 +8,7 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None = None  # "stop", "length" or "abort" once finished
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error" once finished
     stop_reason: int | str | None = None  # the stop string or stop token id that ended it
     logprobs: list[dict[int, float]] | None = None  # per token: sampled and top-k token ids -> logprob
 
@@ -21,3 +21,4 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     num_images: int = 0
+    error: str | None = None  # set when the engine failed this request (finish_reason "error"); others go on
