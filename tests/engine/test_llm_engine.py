@@ -7,6 +7,7 @@ import torch
 from tests.conftest import IMAGE_TOKEN
 from tests.models.test_mllama_parity import hf_inputs, random_ids, random_image
 from vlmserve import LLM, SamplingParams
+from vlmserve.engine.sampler import Sampler
 
 CHECKPOINT = "gqa2-2tiles"
 MAX_TOKENS = 10
@@ -136,3 +137,26 @@ def test_request_larger_than_the_kv_cache_is_refused_by_name(checkpoint):
     with pytest.raises(ValueError, match="KV cache"):
         small.engine.add_request("big", prepared, SamplingParams(max_tokens=8))
     assert not small.engine.has_unfinished_requests()
+
+
+def test_a_request_whose_sampling_raises_fails_alone_and_seeded_neighbours_keep_their_tokens(llm, monkeypatch):
+    """The batch's sampling raises (a poisoned row) after drawing its noise; every other row, seeded ones included,
+    is sampled as if the poisoned request had never been there."""
+    prompts, params = [make_prompt(i) for i in range(6)], [make_params(i) for i in range(6)]
+    clean = token_ids(llm.generate(prompts, params, use_tqdm=False))
+    poison = 1.2345
+    sample = Sampler.sample
+
+    def failing(logits, metadata):
+        sampled = sample(logits, metadata)
+        if (metadata.temperature == poison).any():
+            raise RuntimeError("injected sampling fault")
+        return sampled
+
+    monkeypatch.setattr(Sampler, "sample", staticmethod(failing))
+    poisoned = SamplingParams(temperature=poison, max_tokens=MAX_TOKENS, ignore_eos=True)
+    outputs = llm.generate(prompts + [make_prompt(7)], params + [poisoned], use_tqdm=False)
+    assert token_ids(outputs[:6]) == clean
+    failed = outputs[6]
+    assert failed.outputs[0].finish_reason == "error" and "injected sampling fault" in failed.error
+    assert llm.engine.stats().num_running == 0 and llm.engine.stats().kv_cache_usage == 0
