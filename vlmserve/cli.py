@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from vlmserve.models.tiny import ensure_demo_model, write_tiny_checkpoint
 from vlmserve.planning import add_plan_parser
@@ -55,7 +56,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args) -> NoReturn:
     from vlmserve.config import EngineConfig
     from vlmserve.server.config import ServerConfig
     from vlmserve.server.image_fetch import ImageFetchConfig
@@ -68,6 +69,7 @@ def cmd_serve(args) -> int:
         transformers_compat=args.transformers_compat, num_kv_blocks=args.num_kv_blocks,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len, max_image_pixels=args.max_image_pixels,
+        max_request_pixels=args.max_request_pixels,
         gpu_memory_utilization=args.gpu_memory_utilization, tensor_parallel_size=args.tensor_parallel_size,
         enforce_eager=args.enforce_eager)
     env_key = os.environ.get("VLMSERVE_API_KEY")
@@ -76,14 +78,15 @@ def cmd_serve(args) -> int:
         api_keys=tuple(args.api_key) + ((env_key,) if env_key else ()),
         pricing=load_pricing(args.pricing) if args.pricing else PriceTable(),
         max_output_tokens=args.max_output_tokens, max_images_per_request=args.max_images_per_request,
-        max_image_bytes=args.max_image_bytes, max_queue=args.max_queue,
+        max_image_bytes=args.max_image_bytes, max_queue=args.max_queue, max_prompt_chars=args.max_prompt_chars,
         image_fetch=ImageFetchConfig(timeout_s=args.image_fetch_timeout, max_bytes=args.max_image_bytes,
                                      allow_private=args.allow_private_image_urls))
-    return serve(engine_config, server_config, host=args.host, port=args.port, log_level=args.log_level)
+    serve(engine_config, server_config, host=args.host, port=args.port, log_level=args.log_level,
+          shutdown_timeout_s=args.shutdown_timeout)
 
 
 def _add_serve_options(serve: argparse.ArgumentParser) -> None:
-    from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS
+    from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
     from vlmserve.server import config as limits
 
     serve.add_argument("--host", default="127.0.0.1")
@@ -99,15 +102,22 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--num-kv-blocks", type=int, help="KV-cache blocks (default: sized from memory)")
     serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     serve.add_argument("--max-queue", type=int, default=limits.DEFAULT_MAX_QUEUE,
-                       help="requests admitted beyond --max-num-seqs; more get 429 with Retry-After")
+                       help="sequences (n per request) admitted beyond --max-num-seqs; more get 429 with Retry-After")
+    serve.add_argument("--max-prompt-chars", type=int,
+                       help=f"largest prompt text, refused (413) before tokenizing; default: "
+                            f"{limits.PROMPT_CHARS_PER_TOKEN} per token of the context")
     serve.add_argument("--max-output-tokens", type=int, default=limits.DEFAULT_MAX_OUTPUT_TOKENS)
     serve.add_argument("--max-images-per-request", type=int, default=limits.DEFAULT_MAX_IMAGES_PER_REQUEST)
     serve.add_argument("--max-image-bytes", type=int, default=limits.DEFAULT_MAX_IMAGE_BYTES,
                        help="largest image, fetched or inline")
     serve.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
+    serve.add_argument("--max-request-pixels", type=int, default=DEFAULT_MAX_REQUEST_PIXELS,
+                       help="all of a request's images together, checked from their headers before decoding")
     serve.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds per image URL")
     serve.add_argument("--allow-private-image-urls", action="store_true",
                        help="let image URLs reach loopback and private networks (trusted clients only)")
+    serve.add_argument("--shutdown-timeout", type=float, default=limits.DEFAULT_SHUTDOWN_TIMEOUT_S,
+                       help="seconds SIGTERM/Ctrl-C waits for requests in flight before cancelling them")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

@@ -32,5 +32,6 @@ def serve(engine):
             finally:
                 await async_engine.shutdown()
                 await app.state.fetcher.aclose()
+                app.state.client.close()
         return asyncio.run(main())
     return run

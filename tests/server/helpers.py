@@ -36,6 +36,20 @@ def noise_png_data_url(side: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def wait_for(predicate, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def metric(server: "LiveServer", name: str, key: str | None = None) -> float:
+    """The sum of the /metrics samples whose line starts with `name` (a metric, or a metric and its labels)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    text = httpx.get(f"{server.url}/metrics", headers=headers).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
 def image_message(text: str, *urls: str) -> dict:
     parts = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
     return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}

@@ -3,13 +3,12 @@ disconnects aborting their requests, and SIGTERM draining the requests in flight
 
 import os
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 
-from tests.server.helpers import MODEL, LiveServer, image_message, png_data_url
+from tests.server.helpers import MODEL, LiveServer, image_message, metric, png_data_url, wait_for
 
 KEY = "live-key"
 
@@ -27,16 +26,7 @@ def client(server):
 
 
 def running(server) -> float:
-    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    return float(next(line.split()[1] for line in text.splitlines()
-                      if line.startswith("vlmserve_num_requests_running ")))
-
-
-def wait_for(predicate, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    return metric(server, "vlmserve_num_requests_running ", KEY)
 
 
 def test_openai_client_chat_with_image(client):

@@ -44,5 +44,5 @@ def test_text_response_format_is_unconstrained_and_bad_constraints_are_400(serve
         {**ASK, "response_format": {"type": "yaml"}},
     ])
     assert [r.status_code for r in responses] == [200, 400, 400, 400, 400]
-    assert responses[1].json()["error"]["param"] == "response_format.json_schema"
+    assert responses[1].json()["error"]["param"] == "response_format.json_schema.schema"
     assert responses[2].json()["error"]["param"] == "structured_outputs"

@@ -18,7 +18,8 @@ from vlmserve.server.engine_client import EngineClient
 from vlmserve.server.errors import install_error_handlers
 from vlmserve.server.image_fetch import ImageFetcher
 from vlmserve.server.metrics import Metrics
-from vlmserve.server.middleware import CountRequests, LimitBodySize
+from vlmserve.server.middleware import AnswerErrors, CountRequests, LimitBodySize
+from vlmserve.server.openapi import ServedLimits, describe_server
 from vlmserve.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -26,6 +27,7 @@ from vlmserve.server.protocol import (
     CompletionResponse,
     DetokenizeResponse,
     ErrorResponse,
+    Health,
     ModelCard,
     ModelList,
     TokenizeResponse,
@@ -37,7 +39,7 @@ from vlmserve.server.serving_tokens import detokenize, tokenize
 logger = logging.getLogger("vlmserve.server")
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)}
-STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "data: <chunk JSON> ... data: [DONE]"}}}
+STREAM = {"text/event-stream": {}}  # its event schema: openapi.describe_server
 
 
 def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
@@ -52,21 +54,29 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
             logger.info("requests drained; stopping the engine")
             await engine.shutdown()
             await fetcher.aclose()
+            app.state.client.close()
 
-    app = FastAPI(title="vlmserve", summary="OpenAI-compatible server for Llama 3.2 Vision", lifespan=lifespan)
-    app.state.client = EngineClient(engine, config, metrics)
+    app = FastAPI(title="vlmserve", summary="OpenAI-compatible server for Llama 3.2 Vision and Llama 4",
+                  lifespan=lifespan)
+    client = app.state.client = EngineClient(engine, config, metrics)
     app.state.fetcher = fetcher
     install_error_handlers(app)
-    app.add_middleware(LimitBodySize, max_bytes=config.max_request_bytes)
-    app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(LimitBodySize, max_bytes=config.max_request_bytes(client.max_prompt_chars))
+    app.add_middleware(AnswerErrors)
+    app.add_middleware(CountRequests, metrics=metrics)  # outermost: counts what AnswerErrors answered too
     _add_routes(app, metrics)
+    llm = engine.engine
+    describe_server(app, ServedLimits(max_output_tokens=config.max_output_tokens, vocab_size=llm.tokenizer.vocab_size,
+                                      num_embeddings=llm.input_processor.num_embeddings,
+                                      max_prompt_chars=client.max_prompt_chars))
     return app
 
 
 def _add_routes(app: FastAPI, metrics: Metrics) -> None:
     guarded = [Depends(authenticate)]
 
-    @app.get("/health", summary="200 while the engine runs, 503 once it has stopped")
+    @app.get("/health", summary="200 while the engine runs, 503 once it has stopped", response_model=Health,
+             responses={503: {"model": Health}, 500: {"model": ErrorResponse}})
     async def health(request: Request) -> Response:
         if request.app.state.client.engine_dead:
             return JSONResponse({"status": "engine stopped"}, status_code=503)
@@ -90,6 +100,8 @@ def _add_routes(app: FastAPI, metrics: Metrics) -> None:
     app.post("/tokenize", dependencies=guarded, responses=ERRORS, response_model=TokenizeResponse)(tokenize)
     app.post("/detokenize", dependencies=guarded, responses=ERRORS, response_model=DetokenizeResponse)(detokenize)
 
-    @app.get("/metrics", dependencies=guarded, response_class=Response, summary="Prometheus text format")
+    @app.get("/metrics", dependencies=guarded, response_class=Response, summary="Prometheus text format",
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+                        401: {"model": ErrorResponse}, 500: {"model": ErrorResponse}})
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

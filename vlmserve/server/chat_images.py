@@ -23,9 +23,10 @@ async def resolve_images(messages: list[ChatMessage], fetcher: ImageFetcher, *, 
     remote = []
     for where, part in parts:
         url = part["image_url"]["url"]
-        if url.startswith(("http://", "https://")):
+        scheme = url.partition(":")[0].lower()  # schemes are case-insensitive (RFC 3986)
+        if scheme in ("http", "https") and url[len(scheme):].startswith("://"):
             remote.append(part)
-        elif url.startswith("data:"):
+        elif scheme == "data":
             _check_data_url_size(url, max_image_bytes, where)
         else:
             raise APIError(400, f"{where}: image URLs must be http(s):// or data:image/...;base64 URLs",

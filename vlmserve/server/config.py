@@ -14,13 +14,19 @@ DEFAULT_MAX_OUTPUT_TOKENS = 16384
 DEFAULT_MAX_IMAGES_PER_REQUEST = 8
 DEFAULT_MAX_IMAGE_BYTES = 20 * MiB
 DEFAULT_MAX_QUEUE = 256
+# Prompt text past this many characters per token of the context is refused before it is tokenized: English
+# averages ~4 characters per Llama 3 token, code ~3, and tokenizing is the one step whose cost grows with it.
+PROMPT_CHARS_PER_TOKEN = 8
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Validated once where the server is built; the engine's own limits (context, pixels) live in EngineConfig.
 
-    `max_queue` counts requests admitted beyond the engine's `max_num_seqs` running slots: one more gets 429.
+    `max_queue` counts sequences (a request with n completions counts n) admitted beyond the engine's
+    `max_num_seqs` running slots: one more gets 429. `max_prompt_chars` None: PROMPT_CHARS_PER_TOKEN per token of
+    the context.
     """
 
     served_model_name: str
@@ -30,6 +36,7 @@ class ServerConfig:
     max_images_per_request: int = DEFAULT_MAX_IMAGES_PER_REQUEST
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_queue: int = DEFAULT_MAX_QUEUE
+    max_prompt_chars: int | None = None
     image_fetch: ImageFetchConfig = field(default_factory=ImageFetchConfig)
 
     def __post_init__(self):
@@ -37,6 +44,8 @@ class ServerConfig:
             raise ValueError("served_model_name must be a non-empty string")
         if any(not key for key in self.api_keys):
             raise ValueError("an API key must be a non-empty string")
+        if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
+            raise ValueError(f"max_prompt_chars must be >= 1 or None, got {self.max_prompt_chars}")
         for name in ("max_output_tokens", "max_image_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -44,7 +53,7 @@ class ServerConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
-    @property
-    def max_request_bytes(self) -> int:
-        """The largest request body worth reading: every image at its limit as base64, plus 1 MiB of text."""
-        return self.max_images_per_request * (self.max_image_bytes * 4 // 3 + 64) + MiB
+    def max_request_bytes(self, max_prompt_chars: int) -> int:
+        """The largest request body worth reading: every image at its limit as base64, the prompt text at its limit
+        with every character JSON-escaped (6 bytes, \\uXXXX), and 1 MiB for everything else."""
+        return self.max_images_per_request * (self.max_image_bytes * 4 // 3 + 64) + 6 * max_prompt_chars + MiB

@@ -1,12 +1,18 @@
 """The server's side of the engine: admission (429 past the queue limit), input preparation off the event loop,
-metered generation, and cancelling work whose client has gone."""
+metered generation, and cancelling work whose client has gone.
+
+Preparation (tokenizing, decoding and tiling images, compiling output grammars) runs on a pool of its own threads,
+and all of it releases the GIL for its heavy parts, so neither the event loop nor the engine's thread waits on it.
+"""
 
 import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import Request
 
@@ -14,28 +20,31 @@ from vlmserve.engine.async_engine import AsyncLLMEngine
 from vlmserve.engine.input_processor import PreparedInput
 from vlmserve.engine.outputs import CompletionOutput, RequestOutput
 from vlmserve.sampling_params import SamplingParams
-from vlmserve.server.config import ServerConfig
+from vlmserve.server.config import PROMPT_CHARS_PER_TOKEN, ServerConfig
 from vlmserve.server.errors import APIError, ClientDisconnected
 from vlmserve.server.metrics import Metrics
 from vlmserve.server.protocol import SamplingRequest, Usage
-from vlmserve.server.sampling import reject_unsupported, sampling_params
+from vlmserve.server.sampling import constraint_error, reject_unsupported, sampling_params
 
 RETRY_AFTER_S = 1
+PREPARE_THREADS = 4
+T = TypeVar("T")
 
 
 @dataclass
 class Slot:
-    """One admitted request; `release` (idempotent) frees its place in the queue."""
+    """One admitted request, holding `weight` places (its n sequences); `release` (idempotent) frees them."""
 
     client: "EngineClient"
     key: str
+    weight: int = 1
     arrival: float = field(default_factory=time.monotonic)
     released: bool = False
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.client.num_active -= 1
+            self.client.num_active -= self.weight
 
 
 @dataclass
@@ -51,8 +60,14 @@ class EngineClient:
     def __init__(self, engine: AsyncLLMEngine, config: ServerConfig, metrics: Metrics):
         self.engine, self.config, self.metrics = engine, config, metrics
         self.llm = engine.engine
-        self.num_active = 0
+        self.num_active = 0  # sequences of the admitted requests
+        self.max_prompt_chars = config.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * self.llm.max_model_len
         self._aborts: set[asyncio.Task] = set()
+        self._pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="vlmserve-prepare")
+
+    def close(self) -> None:
+        """Release the preparation threads (the server has drained)."""
+        self._pool.shutdown(wait=False)
 
     @property
     def max_model_len(self) -> int:
@@ -67,38 +82,58 @@ class EngineClient:
             raise APIError(404, f"model {model!r} does not exist; this server serves "
                                 f"{self.config.served_model_name!r}", "model")
 
-    def admit(self, key: str) -> Slot:
-        """A place for one more request: max_num_seqs running plus max_queue waiting, else 429."""
+    def admit(self, key: str, num_seqs: int = 1) -> Slot:
+        """Places for a request's `num_seqs` sequences: max_num_seqs running plus max_queue waiting, else 429."""
         limit = self.llm.config.max_num_seqs + self.config.max_queue
-        if self.num_active >= limit:
-            raise APIError(429, f"the server is at capacity ({limit} requests admitted); retry shortly",
+        if num_seqs > limit:
+            raise APIError(400, f"n ({num_seqs}) is more than this server can ever run at once ({limit})", "n")
+        if self.num_active + num_seqs > limit:
+            raise APIError(429, f"the server is at capacity ({limit} sequences admitted); retry shortly",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
-        self.num_active += 1
-        return Slot(self, key)
+        self.num_active += num_seqs
+        return Slot(self, key, num_seqs)
 
-    async def prepare(self, fn: Callable[..., PreparedInput], *args, **kwargs) -> PreparedInput:
-        """Tokenizing and image decoding/tiling are CPU work: a worker thread, not the event loop."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    def check_prompt_size(self, body) -> None:
+        """400 (as for any prompt too long for the context) for prompt text past the limit, before anything
+        tokenizes it."""
+        chars, param = prompt_chars(body)
+        if chars > self.max_prompt_chars:
+            raise APIError(400, f"the prompt text has {chars} characters; this server takes at most "
+                                f"{self.max_prompt_chars} (see --max-prompt-chars)", param)
+
+    async def prepare(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Tokenizing, decoding and tiling images, compiling grammars: CPU work for the preparation threads, never
+        the event loop or the engine's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     async def start(self, request: Request, key: str, body: SamplingRequest,
                     prepare: Callable[[], Awaitable[PreparedInput]]) -> Started:
-        """What every generating endpoint does first: check the model and the fields, take a place in the queue,
-        prepare the input and its sampling parameters (giving the place back if that fails), then start
-        generating and wait for the first output, so that errors the engine raises when the request is added
-        become an HTTP error rather than a broken stream."""
+        """What every generating endpoint does first: check the model and the fields, take places in the queue,
+        prepare the input, its sampling parameters and its output grammar (giving the places back if that fails),
+        then start generating and wait for the first output, so that errors the engine raises when the request
+        is added become an HTTP error rather than a broken stream."""
         self.check_model(body.model)
         reject_unsupported(body)
-        slot = self.admit(key)
+        self.check_prompt_size(body)
+        slot = self.admit(key, body.n)
         try:
             prepared = await prepare()
             params = sampling_params(body, len(prepared.prompt_token_ids), self.max_model_len,
                                      self.config.max_output_tokens)
+            grammar = None if params.structured_outputs is None else await self.compile_grammar(body, params)
         except BaseException:
             slot.release()
             raise
-        outputs = self.generate(prepared, params, slot)
+        outputs = self.generate(prepared, params, slot, grammar)
         first = await until_disconnected(request, slot, outputs, anext(outputs))
         return Started(params, with_first(first, outputs), slot)
+
+    async def compile_grammar(self, body: SamplingRequest, params: SamplingParams):
+        """The request's output grammar, compiled on the preparation threads (within the engine's budget)."""
+        try:
+            return await self.prepare(self.llm.structured_output.compile, params.structured_outputs)
+        except ValueError as error:
+            raise constraint_error(body, error) from None
 
     def usage(self, prompt_tokens: int, completion_tokens: int, num_images: int) -> Usage:
         price = self.config.pricing.price(self.config.served_model_name)
@@ -106,12 +141,12 @@ class EngineClient:
                      total_tokens=prompt_tokens + completion_tokens, num_images=num_images,
                      cost=price.cost(prompt_tokens, completion_tokens, num_images))
 
-    async def generate(self, prepared: PreparedInput, params: SamplingParams, slot: Slot
+    async def generate(self, prepared: PreparedInput, params: SamplingParams, slot: Slot, grammar=None
                        ) -> AsyncIterator[RequestOutput]:
         """The engine's deltas, metered; releases `slot` when done. Closing it aborts the request."""
         request_id, num_generated, started, finished = uuid.uuid4().hex, 0, False, False
         try:
-            async with aclosing(self.engine.generate(prepared, params, request_id)) as outputs:
+            async with aclosing(self.engine.generate(prepared, params, request_id, grammar)) as outputs:
                 async for output in outputs:
                     new = sum(len(c.token_ids) for c in output.outputs)
                     if new and not num_generated:
@@ -138,6 +173,16 @@ class EngineClient:
         self.metrics.record_request(prompt_tokens=usage.prompt_tokens, completion_tokens=num_generated,
                                     num_images=usage.num_images, cost=usage.cost, key=slot.key,
                                     latency_s=time.monotonic() - slot.arrival)
+
+
+def prompt_chars(body) -> tuple[int, str]:
+    """Characters of text in a request's prompt or messages, and the field that holds them."""
+    prompt = getattr(body, "prompt", None)
+    if prompt is not None:
+        return (len(prompt) if isinstance(prompt, str) else 0), "prompt"
+    contents = [message.content for message in body.messages]
+    return sum(len(c) if isinstance(c, str) else sum(len(getattr(part, "text", "")) for part in c)
+               for c in contents if c is not None), "messages"
 
 
 async def until_disconnected(request: Request, slot: Slot, outputs: AsyncIterator, awaitable: Awaitable):

@@ -2,6 +2,7 @@
 
 `code` is the HTTP status as an integer, as vLLM's server sends it. This is the one place exceptions become
 responses; handlers raise `APIError` (or let a `ValueError` from the engine, chat format or images through).
+Anything else reaches `middleware.AnswerErrors`, which answers it through `as_api_error` too.
 """
 
 import logging
@@ -11,9 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from vlmserve.engine.async_engine import EngineDeadError
+from vlmserve.engine.async_engine import EngineDeadError, RequestFailedError
 from vlmserve.server.image_fetch import ImageFetchError
-from vlmserve.server.protocol import ChatCompletionRequest, CompletionRequest
+from vlmserve.server.protocol import UNSUPPORTED, ChatCompletionRequest, CompletionRequest
+from vlmserve.server.request_types import SURROGATE_MESSAGE
 
 logger = logging.getLogger("vlmserve.server")
 
@@ -61,6 +63,10 @@ def as_api_error(error: Exception) -> APIError:
         return APIError(error.status, str(error), "messages")
     if isinstance(error, EngineDeadError):
         return APIError(503, "the engine is not running; the server is shutting down or failed")
+    if isinstance(error, RequestFailedError):  # the engine logged it
+        return APIError(500, "the engine failed this request; the server log has the details")
+    if isinstance(error, HTTPException):
+        return APIError(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
     if isinstance(error, ValueError):
         return APIError(400, str(error), _param_named_in(str(error)))
     logger.exception("internal error", exc_info=error)
@@ -73,19 +79,41 @@ def _param_named_in(message: str) -> str | None:
     return first if first.split(".")[0] in _REQUEST_FIELDS else None
 
 
-def _validation_param(error: dict) -> str | None:
-    location = [str(part) for part in error.get("loc", ()) if part != "body"]
-    return ".".join(location) or None
+def _validation_param(error: dict, body) -> str | None:
+    """The dotted path of the failing field in the client's own body. pydantic's location also names union
+    members ("str", "list[int]") and discriminator tags ("user", "json_schema"), which the body does not have."""
+    location = [part for part in error.get("loc", ()) if part != "body"]
+    path, node = [], body
+    for i, part in enumerate(location):
+        missing = i == len(location) - 1 and error.get("type") == "missing"
+        if isinstance(node, dict) and isinstance(part, str) and (part in node or missing):
+            path.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(str(part))
+            node = node[part]
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # the tag field itself is wrong
+        path.append(str(error.get("ctx", {}).get("discriminator", "")).strip("'"))
+    return ".".join(path) or None
+
+
+def _most_specific(errors: list[dict]) -> dict:
+    """Of the errors of a union's members, the one from the member that matched deepest into the body."""
+    return max(errors, key=lambda error: len(error.get("loc", ())))
 
 
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0]
-    param = _validation_param(first)
+    first = _most_specific(exc.errors())
     if first.get("type") == "json_invalid":
         return error_response(400, f"the request body is not valid JSON: {first.get('msg')}")
+    param = _validation_param(first, exc.body)
+    field = param.rsplit(".", 1)[-1] if param else None
     if first.get("type") == "extra_forbidden":
         return error_response(400, f"unknown field {param!r}: this server does not support it", param)
-    message = first.get("msg", "invalid request")
+    if field in UNSUPPORTED:
+        return error_response(400, f"{param} is not supported by this server: {UNSUPPORTED[field]}", param)
+    # pydantic's constrained strings meet a lone surrogate before request_types does, and say it less plainly
+    message = SURROGATE_MESSAGE if first.get("type") == "string_unicode" else first.get("msg", "invalid request")
     return error_response(400, f"{param}: {message}" if param else message, param)
 
 
@@ -103,4 +131,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(APIError, _on_error)
     app.add_exception_handler(ValueError, _on_error)
-    app.add_exception_handler(Exception, _on_error)

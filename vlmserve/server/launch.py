@@ -1,7 +1,12 @@
 """`vlmserve serve`: load the engine, build the app, run it on uvicorn until SIGTERM/SIGINT drains it, or until
 the engine dies (a step failed, a tensor-parallel worker exited): then /health and every request answer 503 for
 DEAD_ENGINE_GRACE_S, the server shuts down and the process exits 1 — within HARD_EXIT_S even when a step is stuck
-in a collective with a dead peer and cannot be drained."""
+in a collective with a dead peer and cannot be drained.
+
+A drain waits at most `shutdown_timeout_s` for the requests in flight (a client that stops reading would hold it
+forever), then cancels them. Once the engine is stopped the process ends at once, without the interpreter's
+teardown of torch and the model (seconds, for nothing).
+"""
 
 import asyncio
 import logging
@@ -9,13 +14,14 @@ import os
 import signal
 import sys
 import threading
+from typing import NoReturn
 
 import uvicorn
 
 from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncLLMEngine
 from vlmserve.server.app import build_app
-from vlmserve.server.config import ServerConfig
+from vlmserve.server.config import DEFAULT_SHUTDOWN_TIMEOUT_S, ServerConfig
 
 logger = logging.getLogger("vlmserve.server")
 
@@ -25,8 +31,9 @@ WATCH_INTERVAL_S = 0.2
 
 
 def serve(engine_config: EngineConfig, server_config: ServerConfig, *, host: str, port: int,
-          log_level: str = "info") -> int:
-    """Serve until stopped; returns the exit status: 0 after a drain, 1 when the engine died."""
+          log_level: str = "info", shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> NoReturn:
+    """Serve until stopped, then exit the process: 0 after a drain, 1 when the engine died, 3 when uvicorn could
+    not start (e.g. the port is taken)."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(levelname)s:     %(name)s: %(message)s")
     engine = AsyncLLMEngine.from_config(engine_config)
     app = build_app(engine, server_config)
@@ -38,8 +45,13 @@ def serve(engine_config: EngineConfig, server_config: ServerConfig, *, host: str
                 "/metrics)" if server_config.api_keys else "none: every client is served")
     logger.info("OpenAI-compatible API at http://%s:%d/v1 (docs at /docs)", host, port)
     _succeed_after_drain()
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
-    return asyncio.run(_serve_until_engine_dies(server, engine))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=shutdown_timeout_s))
+    status = asyncio.run(_serve_until_engine_dies(server, engine))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 async def _serve_until_engine_dies(server: uvicorn.Server, engine: AsyncLLMEngine) -> int:

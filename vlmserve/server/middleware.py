@@ -1,11 +1,13 @@
-"""ASGI middleware: count every response by endpoint and status; refuse oversized bodies before reading them.
+"""ASGI middleware: count every response by endpoint and status; answer what escapes the routes with one logged
+500; refuse oversized bodies, declared or streamed.
 
 Plain ASGI rather than Starlette's BaseHTTPMiddleware, which would stand between streams and disconnects.
 """
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vlmserve.server.errors import error_response
+from vlmserve.server.errors import as_api_error, error_response
 from vlmserve.server.metrics import Metrics
 
 UNMATCHED = "unmatched"  # unknown paths share one label, so scanners cannot grow the metric without bound
@@ -34,9 +36,41 @@ class CountRequests:
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
 
 
+class AnswerErrors:
+    """An exception no route handler answered becomes its OpenAI-shaped response here, logged once (by
+    `as_api_error`, only when it is ours). Starlette's own last-resort handler would log it and re-raise it to
+    the server, which logs it again and counts a 500 even for a client that had gone (499)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:  # noqa: BLE001 - this is the last place an error can become a response
+            error = as_api_error(exc)
+            if not started:
+                await error_response(error.status, error.message, error.param, error.headers)(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"the request body is larger than this server takes ({max_bytes} bytes; see "
+                              "--max-images-per-request, --max-image-bytes and --max-prompt-chars)")
+
+
 class LimitBodySize:
-    """413 for a declared Content-Length over the limit, before the body is read (a chunked body without one
-    is only bounded by the per-image checks)."""
+    """413 for a body over the limit: a declared Content-Length before anything is read, a chunked body as soon
+    as what has arrived passes the limit (the route's body parsing gets the 413 and stops reading)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -46,10 +80,17 @@ class LimitBodySize:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, receive, send)
-        return await self.app(scope, receive, send)
+            error = BodyTooLarge(self.max_bytes)
+            return await error_response(413, error.detail)(scope, receive, send)
+        received = 0
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"the request body is larger than this server takes ({self.max_bytes} "
-                                       "bytes; see --max-images-per-request and --max-image-bytes)")
-        await response(scope, receive, send)
+        async def receive_counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        return await self.app(scope, receive_counted, send)

@@ -1,32 +1,64 @@
 """The OpenAI-compatible request and response bodies (plus vLLM's extras), as pydantic models.
 
-Requests forbid unknown fields: a field this server does not know would change the answer on the server that
-does, so it is refused (400 naming it) rather than ignored. Fields a client may send that we cannot honour are
-declared loosely and refused with a reason in `sampling.reject_unsupported`.
+Requests are strict: unknown fields are refused (400 naming them) rather than ignored, since a field this server
+does not know would change the answer on the server that does; values keep their JSON types ("1" is not an
+integer). Fields a client may send that we cannot honour are typed as the only values we accept (null, an empty
+list, "none"), so the OpenAPI document says what is refused and a refusal names the field (`UNSUPPORTED`). Rules a
+JSON schema cannot state (exactly one of prompt and messages, best_of == n, limits of the served model) are
+checked in the handlers and answer 400.
 """
 
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vlmserve.sampling_params import MAX_LOGPROBS
+from vlmserve.server.request_types import (
+    INT64_END,
+    Count,
+    Int64,
+    Integer,
+    JSONObject,
+    NonEmptyText,
+    PositiveInt64,
+    Text,
+    TokenId,
+)
 
+MAX_N = 128  # OpenAI's limit on completions per request
+MAX_STOP_STRINGS = 64  # each generated token is checked against every stop string
+MAX_STOP_STRING_CHARS = 4096
+MAX_STOP_TOKEN_IDS = 256
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+ImageURLString = Annotated[Text, Field(
+    pattern=r"^([hH][tT][tT][pP][sS]?://|[dD][aA][tT][aA]:)",
+    description="http(s) URL (fetched by the server) or data:image/<format>;base64,... URL")]
+
+# Fields typed above as the only values this server accepts, and why it cannot honour the others.
+UNSUPPORTED = {
+    "tools": "tool calling is not implemented yet", "tool_choice": "tool calling is not implemented yet",
+    "functions": "function calling is not implemented yet", "function_call": "function calling is not implemented yet",
+    "audio": "the models have no audio output", "modalities": "the models answer in text only",
+    "prediction": "predicted outputs are not implemented", "reasoning_effort": "the models do not reason in a "
+    "separate channel", "web_search_options": "this server does not search the web", "logit_bias": "logit_bias is "
+    "not implemented", "echo": "echo is not implemented", "suffix": "suffix (insertion) is not implemented",
+    "detail": "images are always processed at full resolution ('auto' or 'high'), never 'low'",
+}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class TextPart(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImageURL(Strict):
-    url: str = Field(description="http(s) URL or data:image/<format>;base64,... URL")
-    detail: Literal["auto", "high", "low"] | None = None
+    url: ImageURLString
+    detail: Literal["auto", "high"] | None = None
 
 
 class ImagePart(Strict):
@@ -37,9 +69,22 @@ class ImagePart(Strict):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+class SystemMessageParam(Strict):
+    role: Literal["system"]
+    content: Text | list[TextPart]
+
+
+class UserMessageParam(Strict):
+    role: Literal["user"]
+    content: Text | list[ContentPart]
+
+
+class AssistantMessageParam(Strict):
+    role: Literal["assistant"]
+    content: Text | list[TextPart] | None = None
+
+
+ChatMessage = Annotated[SystemMessageParam | UserMessageParam | AssistantMessageParam, Field(discriminator="role")]
 
 
 class StreamOptions(Strict):
@@ -47,83 +92,110 @@ class StreamOptions(Strict):
 
 
 class JSONSchema(Strict):
-    name: str
-    description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    name: Text
+    description: Text | None = None
+    schema_: JSONObject = Field(alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(Strict):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchema | None = None
+class TextFormat(Strict):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(Strict):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(Strict):
+    type: Literal["json_schema"]
+    json_schema: JSONSchema
+
+
+ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Field(discriminator="type")]
+
+
+class StructuredOutputs(Strict):
+    """vLLM's structured_outputs: exactly one of json, json_object, regex, choice, grammar."""
+
+    json_: JSONObject | Text | None = Field(None, alias="json", description="a JSON schema (object or JSON text)")
+    json_object: bool = False
+    regex: NonEmptyText | None = None
+    choice: Annotated[list[Text], Field(min_length=1)] | None = None
+    grammar: NonEmptyText | None = Field(None, description="EBNF as xgrammar reads it (rule `root`)")
+    disable_any_whitespace: bool = False
 
 
 class SamplingRequest(Strict):
     """Fields shared by chat and completions: the model, sampling, stopping, streaming and output format."""
 
-    model: str | None = Field(None, description="the served model name; omitted means the one served")
-    max_tokens: int | None = Field(None, ge=1, description="default: the room left in the context")
+    model: Text | None = Field(None, description="the served model name; omitted means the one served")
+    max_tokens: PositiveInt64 | None = Field(
+        None, description="default: the room left in the context; at most the server's output limit")
     temperature: float | None = Field(None, ge=0, le=2, description="default 1; 0 is greedy")
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1, description="0 or -1: off")
+    top_k: Annotated[Integer, Field(ge=-1, lt=INT64_END)] | None = Field(None, description="0 or -1: off")
     min_p: float | None = Field(None, ge=0, le=1)
-    stop: str | list[str] | None = None
+    stop: (Annotated[NonEmptyText, Field(max_length=MAX_STOP_STRING_CHARS)]
+           | Annotated[list[Annotated[NonEmptyText, Field(max_length=MAX_STOP_STRING_CHARS)]],
+                       Field(max_length=MAX_STOP_STRINGS)]
+           | None) = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     repetition_penalty: float | None = Field(None, gt=0)
-    seed: int | None = None
-    n: int = Field(1, ge=1)
+    seed: Int64 | None = None
+    n: Integer = Field(1, ge=1, le=MAX_N)
     stream: bool = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(None, description="only with stream: true")
     response_format: ResponseFormat | None = None
     # vLLM extras
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: Count = Field(0, description="at most max_tokens")
     ignore_eos: bool = False
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
-    structured_outputs: dict[str, Any] | None = Field(
-        None, description="exactly one of json, json_object, regex, choice, grammar")
-    guided_json: dict[str, Any] | str | None = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: JSONObject | Text | None = None
+    guided_regex: NonEmptyText | None = None
+    guided_choice: Annotated[list[Text], Field(min_length=1)] | None = None
+    guided_grammar: NonEmptyText | None = None
     # Accepted metadata: none of it changes the answer.
-    user: str | None = None
+    user: Text | None = None
     store: bool | None = None
-    metadata: dict[str, str] | None = None
-    service_tier: str | None = None
-    # Refused unless empty (sampling.reject_unsupported says why).
-    logit_bias: dict[str, float] | None = None
+    metadata: JSONObject | None = None
+    service_tier: Text | None = None
+    # Unsupported: only the values that change nothing.
+    logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: PositiveInt64 | None = Field(
+        None, description="the newer name of max_tokens; it wins when both are given")
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: Integer | None = Field(None, ge=0, le=MAX_LOGPROBS, description="needs logprobs: true")
     add_generation_prompt: bool | None = Field(
         None, description="default: true unless the last message is from the assistant")
     continue_final_message: bool | None = Field(
         None, description="default: true when the last message is from the assistant (its text is continued)")
     parallel_tool_calls: bool | None = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    audio: Any = None
-    modalities: list[str] | None = None
-    prediction: Any = None
-    reasoning_effort: Any = None
-    web_search_options: Any = None
+    tools: Annotated[list[Any], Field(max_length=0)] | None = None
+    tool_choice: Literal["none"] | None = None
+    functions: Annotated[list[Any], Field(max_length=0)] | None = None
+    function_call: Literal["none"] | None = None
+    audio: None = None
+    modalities: Annotated[list[Literal["text"]], Field(min_length=1, max_length=1)] | None = None
+    prediction: None = None
+    reasoning_effort: None = None
+    web_search_options: None = None
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[Annotated[int, Field(ge=0)]] = Field(description="a string or a list of token ids")
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
+    prompt: Text | Annotated[list[TokenId], Field(min_length=1)] = Field(
+        description="a string or a list of token ids")
+    logprobs: Integer | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: Literal[False] = False
+    suffix: Annotated[str, Field(max_length=0)] | None = None
+    best_of: Integer | None = Field(None, ge=1, le=MAX_N, description="only equal to n")
 
 
 class Usage(BaseModel):
@@ -233,15 +305,23 @@ class ModelList(BaseModel):
 
 
 class TokenizeRequest(Strict):
-    """vLLM's /tokenize: a `prompt` or chat `messages` (images count one <|image|> token each)."""
+    """vLLM's /tokenize: exactly one of a `prompt` or chat `messages` (images count one <|image|> token each)."""
 
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+
+    model: Text | None = None
+    prompt: Text = Field(None, description="raw text (special-token strings in it are special tokens)")
+    messages: list[ChatMessage] = Field(None, min_length=1)
     add_special_tokens: bool | None = Field(None, description="prompt: default true (adds the BOS); messages: "
                                                               "default false (the chat format writes it)")
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "TokenizeRequest":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
 
 
 class TokenizeResponse(BaseModel):
@@ -251,12 +331,16 @@ class TokenizeResponse(BaseModel):
 
 
 class DetokenizeRequest(Strict):
-    model: str | None = None
-    tokens: list[Annotated[int, Field(ge=0)]]
+    model: Text | None = None
+    tokens: list[TokenId] = Field(description="ids in the tokenizer's vocabulary")
 
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "engine stopped"]
 
 
 class ErrorDetail(BaseModel):

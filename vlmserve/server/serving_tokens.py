@@ -6,15 +6,15 @@ from vlmserve.server.engine_client import EngineClient
 from vlmserve.server.errors import APIError
 from vlmserve.server.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from vlmserve.server.serving_chat import chat_options
-from vlmserve.tokenizer.chat_format import render_family_chat
+from vlmserve.tokenizer.chat_format import encode_chat
 
 
 def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
-    """Chat messages are rendered in the chat format (each image is one <|image|> token, never fetched)."""
+    """Chat messages are encoded as the chat endpoint encodes them (message text as literal text), each image
+    one <|image|> token and never fetched."""
     client: EngineClient = request.app.state.client
     client.check_model(body.model)
-    if (body.prompt is None) == (body.messages is None):
-        raise APIError(400, "give exactly one of prompt and messages", "prompt")
+    client.check_prompt_size(body)
     tokenizer = client.llm.tokenizer
     if body.prompt is not None:
         add_special_tokens = body.add_special_tokens is not False
@@ -22,8 +22,8 @@ def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         tokens = tokenizer.encode(prompt)
     else:
         messages = [message.model_dump(exclude_none=True) for message in body.messages]
-        tokens = tokenizer.encode(render_family_chat(tokenizer.family, messages, **chat_options(body)).prompt,
-                                  add_bos=bool(body.add_special_tokens))
+        chat_ids, _ = encode_chat(tokenizer, messages, **chat_options(body))
+        tokens = [tokenizer.bos_token_id, *chat_ids] if body.add_special_tokens else chat_ids
     return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=client.max_model_len)
 
 
