@@ -47,7 +47,7 @@ def sse_data(text: str) -> list[str]:
 def test_a_request_whose_sampling_raises_fails_alone(serve, poisoned_sampler, caplog):
     async def run(client):
         healthy = [client.post("/v1/chat/completions", json={**ASK, "temperature": t}) for t in (0, 0.7)]
-        poisoned = client.post("/v1/chat/completions", json={**ASK, "temperature": POISON})
+        poisoned = client.post("/v1/chat/completions", json={**ASK, "temperature": POISON, "n": 2})
         late = client.post("/v1/chat/completions", json={**ASK, "temperature": LATE_POISON, "stream": True})
         responses = await asyncio.gather(*healthy, poisoned, late)
         after = await client.post("/v1/chat/completions", json={**ASK, "temperature": 0})
@@ -67,7 +67,7 @@ def test_a_request_whose_sampling_raises_fails_alone(serve, poisoned_sampler, ca
     assert 'vlmserve_requests_total{endpoint="/v1/chat/completions",status="500"} 1.0' in metrics
     failures = [r for r in caplog.records if r.exc_info and "injected" in str(r.exc_info[1])]
     assert {r.name for r in failures} == {"vlmserve.engine"}  # logged where it happened, not again by the server
-    assert len([r for r in failures if "failed in the engine" in r.getMessage()]) == 2  # once per request
+    assert len([r for r in failures if "failed in the engine" in r.getMessage()]) == 2  # once per request, n or not
 
 
 def test_a_server_error_is_logged_once_and_counted_once(serve, monkeypatch, caplog):

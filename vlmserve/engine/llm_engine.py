@@ -282,9 +282,11 @@ class LLMEngine:
 
     def _fail_request(self, seq: Sequence, error: Exception) -> _Request:
         """End every completion of `seq`'s request with finish_reason "error"; the step goes on for the others."""
+        request = self.requests[seq.request_id]
+        if request.error is not None:  # another of its n sequences failed first
+            return request
         logger.error("request %s failed in the engine; the other requests go on", seq.request_id,
                      exc_info=(type(error), error, error.__traceback__))
-        request = self.requests[seq.request_id]
         request.error = f"{type(error).__name__}: {error}"
         for completion in request.completions:
             if not completion.seq.is_finished:
