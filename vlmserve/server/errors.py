@@ -117,10 +117,6 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     return error_response(400, f"{param}: {message}" if param else message, param)
 
 
-async def _on_http_exception(request: Request, exc: HTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
-
-
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     error = as_api_error(exc)
     return error_response(error.status, error.message, error.param, error.headers)
@@ -128,6 +124,6 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(HTTPException, _on_error)
     app.add_exception_handler(APIError, _on_error)
     app.add_exception_handler(ValueError, _on_error)

@@ -80,8 +80,7 @@ class LimitBodySize:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            error = BodyTooLarge(self.max_bytes)
-            return await error_response(413, error.detail)(scope, receive, send)
+            raise BodyTooLarge(self.max_bytes)  # answered by AnswerErrors, outside this middleware
         received = 0
 
         async def receive_counted() -> Message:
