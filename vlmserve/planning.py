@@ -24,12 +24,15 @@ from dataclasses import dataclass
 import torch
 
 from vlmserve.bench.model_source import resolve_model, shipped_configs
-from vlmserve.distributed.sharding import kv_heads_per_rank, shard_shape, shard_spec, validate_tp
+from vlmserve.distributed.sharding import (
+    kv_heads_per_rank,
+    parameter_specs,
+    shard_shape,
+    validate_tp,
+)
 from vlmserve.engine.model_runner import ModelRunner
-from vlmserve.engine.vision_state import VisionState
+from vlmserve.families import ModelFamily, resolve_model_family
 from vlmserve.models.loader import resolve_dtype
-from vlmserve.models.registry import resolve_model_family
-from vlmserve.multimodal.llama4_processor import LLAMA4_IMAGE_TOKEN_IDS, Llama4ImageConfig, image_token_ids
 
 GiB = 1 << 30
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -115,10 +118,10 @@ def plan_memory(model_config_dict: dict, tp_size: int, gpu_mem_bytes: int, *, dt
     _check_settings(gpu_mem_bytes, gpu_memory_utilization, block_size, prompt_len, output_len,
                     activation_reserve_bytes)
     torch_dtype = resolve_dtype(dtype, config.dtype)
-    total, rank_numel, replicated_numel = _count_parameters(family, model_type, config, tp_size)
+    total, rank_numel, replicated_numel = _count_parameters(family, config, tp_size)
     kv_heads = config.text.num_key_value_heads
     rank_kv_heads = kv_heads_per_rank(kv_heads, tp_size)
-    image_tokens, image_kv_blocks = _image_request(model_type, config, block_size, image_tiles)
+    image_tokens, image_kv_blocks = _image_request(family, config, block_size, image_tiles)
     request_tokens = prompt_len + image_tokens + output_len
     max_model_len = max_model_len or config.text.max_position_embeddings
     if request_tokens > max_model_len:
@@ -146,30 +149,24 @@ def _check_settings(gpu_mem_bytes, gpu_memory_utilization, block_size, prompt_le
                          f"{block_size}, {prompt_len}, {output_len}, {activation_reserve_bytes}")
 
 
-def _count_parameters(family, model_type: str, config, tp_size: int) -> tuple[int, int, int]:
-    """(total parameters, parameters a rank holds, of which replicated), from the model built on the meta device."""
+def _count_parameters(family, config, tp_size: int) -> tuple[int, int, int]:
+    """(total parameters, parameters a rank holds, of which replicated), from the model built on the meta device
+    and the split its layers declare."""
     with torch.device("meta"):
         model = family.model_class(config)
+    specs = parameter_specs(model)
     total = rank = replicated = 0
     for name, param in model.named_parameters():
-        spec = shard_spec(model_type, name, config)
+        spec = specs[name]
         count = math.prod(shard_shape(spec, param.shape, tp_size))
         total, rank = total + param.numel(), rank + count
         replicated += count if spec.kind == "replicated" else 0
     return total, rank, replicated
 
 
-def _image_request(model_type: str, config, block_size: int, image_tiles: int) -> tuple[int, int]:
+def _image_request(family: ModelFamily, config, block_size: int, image_tiles: int) -> tuple[int, int]:
     """(prompt tokens one image adds, pool blocks its separate vision K/V take) for an image of `image_tiles` tiles."""
-    if model_type == "mllama":
-        if not 1 <= image_tiles <= config.vision.max_num_tiles:
-            raise ValueError(f"image_tiles must be 1..{config.vision.max_num_tiles}, got {image_tiles}")
-        return 0, VisionState.blocks_per_image(config, block_size)
-    max_tiles = Llama4ImageConfig().max_patches
-    if not 1 <= image_tiles <= max_tiles:
-        raise ValueError(f"image_tiles must be 1..{max_tiles}, got {image_tiles}")
-    # The count depends only on the number of local tiles, not on how they are arranged.
-    return len(image_token_ids((1, image_tiles), config.vision.tokens_per_tile, LLAMA4_IMAGE_TOKEN_IDS)), 0
+    return family.image_prompt_tokens(config, image_tiles), family.vision_state.blocks_per_image(config, block_size)
 
 
 def _gib(num_bytes: int) -> str:
@@ -218,10 +215,8 @@ def _verdict(plan: MemoryPlan) -> str:
 
 
 def _assumptions(plan: MemoryPlan) -> list[str]:
-    if plan.model_type == "mllama":
-        image = f"its image's cross-attention K/V ({plan.image_kv_blocks} blocks: all tiles, padded ones included)"
-    else:
-        image = f"{plan.request_tokens - plan.prompt_len - plan.output_len} image tokens"
+    image_tokens = plan.request_tokens - plan.prompt_len - plan.output_len
+    image = resolve_model_family(plan.model_type).describe_image(image_tokens, plan.image_kv_blocks)
     usable, margin = plan.usable_bytes, plan.gpu_mem_bytes - plan.usable_bytes
     return [
         f"Assumes: usable memory per GPU = {_gib(plan.gpu_mem_bytes)} GiB x {plan.gpu_memory_utilization:g} = "

@@ -1,6 +1,8 @@
-"""The tensor-parallel layout: every parameter of both families has a rule, the ranks' slices tile each tensor,
-kv heads are replicated onto the ranks whose q heads read them, and the sharded math equals the full one."""
+"""The tensor-parallel layout: the splits the layers declare match the shapes they give each rank, the ranks'
+slices tile each tensor, kv heads are replicated onto the ranks whose q heads read them, and the sharded math
+equals the full one."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -9,10 +11,22 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import nn
 
+from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
 from vlmserve.distributed.sharding import (
-    ShardSpec, kv_heads_per_rank, shard_shape, shard_slice, shard_slices, shard_spec, shard_tensor, validate_tp)
-from vlmserve.models.registry import resolve_model_family
+    REPLICATED,
+    ShardSpec,
+    kv_heads_per_rank,
+    parameter_specs,
+    shard_shape,
+    shard_slice,
+    shard_slices,
+    shard_tensor,
+    validate_tp,
+)
+from vlmserve.families import resolve_model_family
+from vlmserve.layers.linear import RowParallelLinear
 from vlmserve.models.tiny import tiny_config
 
 SHIPPED = Path(__file__).resolve().parents[2] / "vlmserve" / "models" / "configs"
@@ -47,18 +61,18 @@ def raw_config(name: str) -> dict:
     return TINY[name] if name in TINY else json.loads((SHIPPED / name / "config.json").read_text())
 
 
-def build(raw: dict, device: str = "meta"):
+def build(raw: dict, device: str = "meta", tp: TensorParallel = SINGLE):
     family = resolve_model_family(raw["model_type"])
     config = family.parse_config(raw)
     with torch.device(device):
-        model = family.model_class(config)
+        model = family.model_class(config, tp=tp)
     return config, model
 
 
 @pytest.fixture(scope="module", params=[*REAL, *TINY])
 def meta_model(request):
     raw = raw_config(request.param)
-    return raw["model_type"], *build(raw)
+    return raw, *build(raw)
 
 
 def _dim_ranges(spec: ShardSpec, shape, tp: int) -> list[list[tuple[int, int]]]:
@@ -68,12 +82,12 @@ def _dim_ranges(spec: ShardSpec, shape, tp: int) -> list[list[tuple[int, int]]]:
 
 
 @pytest.mark.parametrize("tp", TP_SIZES)
-def test_every_parameter_has_a_rule_and_the_ranks_tile_it(meta_model, tp):
-    model_type, config, model = meta_model
-    validate_tp(model_type, config, tp)
+def test_the_ranks_tile_every_parameter(meta_model, tp):
+    raw, config, model = meta_model
+    validate_tp(raw["model_type"], config, tp)
     kinds = set()
-    for name, param in model.named_parameters():
-        spec = shard_spec(model_type, name, config)
+    for name, spec in parameter_specs(model).items():
+        param = model.get_parameter(name)
         kinds.add(spec.kind)
         local = shard_shape(spec, param.shape, tp)
         if spec.dim is None:
@@ -87,7 +101,7 @@ def test_every_parameter_has_a_rule_and_the_ranks_tile_it(meta_model, tp):
             continue
         covered = sorted(r for rank_ranges in ranges for r in rank_ranges)
         assert covered[0][0] == 0 and covered[-1][1] == size, name
-        assert all(a[1] == b[0] for a, b in zip(covered, covered[1:])), f"{name}: gaps or overlaps {covered}"
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(covered)), f"{name}: gaps or overlaps {covered}"
         held = [sum(stop - start for start, stop in rank_ranges) for rank_ranges in ranges]
         if spec.kind == "vocab":
             assert local[0] == -(-size // tp) >= max(held), name
@@ -97,14 +111,27 @@ def test_every_parameter_has_a_rule_and_the_ranks_tile_it(meta_model, tp):
     assert kinds == expected
 
 
+@pytest.mark.parametrize("tp", [n for n in TP_SIZES if n > 1])
+def test_declared_splits_give_the_shapes_the_layers_make_on_a_rank(meta_model, tp):
+    """A split a layer forgets to declare reads as replicated: the whole tensor, which a rank's smaller parameter
+    cannot take (the loader's shape check refuses it)."""
+    raw, _, model = meta_model
+    _, rank_model = build(raw, tp=TensorParallel(tp - 1, tp))
+    specs = parameter_specs(model)
+    assert parameter_specs(rank_model) == specs  # a rank declares the same splits, with the same kv heads
+    for name, param in rank_model.named_parameters():
+        assert shard_shape(specs[name], model.get_parameter(name).shape, tp) == tuple(param.shape), name
+
+
 @pytest.mark.parametrize("name", list(TINY))
 @pytest.mark.parametrize("tp", TP_SIZES)
 def test_concatenated_rank_tensors_rebuild_every_sharded_tensor(name, tp):
     raw = raw_config(name)
-    config, model = build(raw, device="cpu")
+    _, model = build(raw, device="cpu")
+    specs = parameter_specs(model)
     for param_name, full in model.state_dict().items():
         full = torch.randn(full.shape)
-        spec = shard_spec(raw["model_type"], param_name, config)
+        spec = specs[param_name]
         locals_ = [shard_tensor(spec, full, rank, tp) for rank in range(tp)]
         assert {tuple(t.shape) for t in locals_} == {shard_shape(spec, full.shape, tp)}, param_name
         if spec.dim is None:
@@ -170,8 +197,8 @@ def test_sharded_attention_with_replicated_kv_heads_sums_to_the_full_output():
                 for w in (wk, wv))
         return F.scaled_dot_product_attention(q, k, v).transpose(0, 1).flatten(1) @ wo.T
 
-    config = type("Config", (), {"text": type("Text", (), {"num_key_value_heads": kv_heads})})()
-    specs = {name: shard_spec("mllama", f"language_model.model.layers.0.self_attn.{name}.weight", config)
+    declared = parameter_specs(build(TINY_MLLAMA)[1])  # 2 kv heads, as here
+    specs = {name: declared[f"language_model.model.layers.0.self_attn.{name}.weight"]
              for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
     partials = [attention(*(shard_tensor(specs[n], w, rank, tp) for n, w in
                             zip(("q_proj", "k_proj", "v_proj", "o_proj"), (wq, wk, wv, wo))),
@@ -186,10 +213,9 @@ def test_fused_gate_up_split_keeps_gate_and_up_aligned(tp):
     ranks' expert outputs through their down_proj rows sum to the full expert."""
     torch.manual_seed(0)
     experts, hidden, inter = 3, 8, 16
-    config, _ = build(TINY_LLAMA4)
+    specs = parameter_specs(build(TINY_LLAMA4)[1])
     prefix = "language_model.model.layers.1.feed_forward.experts."
-    gate_up_spec = shard_spec("llama4", prefix + "gate_up_proj", config)
-    down_spec = shard_spec("llama4", prefix + "down_proj", config)
+    gate_up_spec, down_spec = specs[prefix + "gate_up_proj"], specs[prefix + "down_proj"]
     gate_up, down = torch.randn(experts, hidden, 2 * inter), torch.randn(experts, inter, hidden)
     per_rank = inter // tp
     x = torch.randn(4, hidden)
@@ -211,8 +237,8 @@ def test_fused_gate_up_split_keeps_gate_and_up_aligned(tp):
 
 
 def test_vision_layers_are_sharded_and_stems_replicated():
-    config, _ = build(raw_config("llama-3.2-11b-vision"))
-    kind = {name: shard_spec("mllama", name, config).kind for name in (
+    specs = parameter_specs(build(raw_config("llama-3.2-11b-vision"))[1])
+    kind = {name: specs[name].kind for name in (
         "vision_model.transformer.layers.0.self_attn.q_proj.weight",
         "vision_model.global_transformer.layers.7.mlp.fc2.weight",
         "vision_model.global_transformer.layers.7.mlp.fc2.bias",
@@ -222,6 +248,20 @@ def test_vision_layers_are_sharded_and_stems_replicated():
         "language_model.model.layers.3.cross_attn.k_proj.weight")}
     assert list(kind.values()) == ["column", "row", "replicated", "replicated", "replicated", "replicated",
                                    "kv_column"]
+    assert specs["language_model.model.layers.3.cross_attn.v_proj.weight"].num_kv_heads == 8
+
+
+def test_llama4_experts_are_split_inside_and_the_router_replicated():
+    specs = parameter_specs(build(raw_config("llama-4-scout-17b-16e"))[1])
+    layer = "language_model.model.layers.0.feed_forward."
+    assert specs[layer + "experts.gate_up_proj"] == ShardSpec(2, "column", num_parts=2)
+    assert specs[layer + "experts.down_proj"] == ShardSpec(1, "row")
+    assert specs[layer + "shared_expert.down_proj.weight"].kind == "row"
+    assert specs["language_model.model.layers.0.self_attn.k_proj.weight"].num_kv_heads == 8
+    for name in (layer + "router.weight", "vision_model.model.layers.0.self_attn.o_proj.bias",
+                 "vision_model.vision_adapter.mlp.fc1.weight", "multi_modal_projector.linear_1.weight"):
+        assert specs[name] == REPLICATED, name
+    assert specs["vision_model.model.layers.0.self_attn.q_proj.bias"].kind == "column"
 
 
 def test_invalid_tensor_parallel_sizes_say_why():
@@ -239,14 +279,16 @@ def test_invalid_tensor_parallel_sizes_say_why():
         validate_tp("llama4", scout, 0)
 
 
-def test_unknown_names_and_bad_ranks_raise():
-    config, _ = build(TINY_MLLAMA)
-    with pytest.raises(ValueError, match=r"no tensor-parallel rule for parameter 'vision_model\.extra\.weight'"):
-        shard_spec("mllama", "vision_model.extra.weight", config)
-    with pytest.raises(ValueError, match="feed_forward"):  # a Llama 4 name is not a Mllama parameter
-        shard_spec("mllama", "language_model.model.layers.0.feed_forward.router.weight", config)
-    with pytest.raises(ValueError, match="model_type 'gpt2'"):
-        shard_spec("gpt2", "wte.weight", config)
+def test_a_parameter_no_parallel_layer_made_is_replicated():
+    module = nn.Module()
+    module.proj = RowParallelLinear(8, 4, bias=True)
+    module.gate = nn.Parameter(torch.zeros(1))
+    module.norm = nn.LayerNorm(4)
+    assert parameter_specs(module) == {"gate": REPLICATED, "proj.weight": ShardSpec(1, "row"),
+                                       "proj.bias": REPLICATED, "norm.weight": REPLICATED, "norm.bias": REPLICATED}
+
+
+def test_bad_ranks_raise():
     with pytest.raises(ValueError, match="rank 4 is outside 0..3"):
         shard_slices(ShardSpec(0, "column"), (8, 8), 4, 4)
     with pytest.raises(ValueError, match="divisible by 3"):

@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from tests.server.helpers import MODEL, REPO, LiveServer, free_port, image_message, png_data_url
 from vlmserve import LLM, SamplingParams
 from vlmserve.distributed import launch
-from vlmserve.engine.model_family import MODEL_FAMILY_PARTS
 from vlmserve.engine.model_runner import ModelRunner
+from vlmserve.families import resolve_model_family
 from vlmserve.models.loader import load_model, read_config
 from vlmserve.models.tiny import _random_state_dict, tiny_config, write_tiny_checkpoint
 
@@ -50,7 +50,7 @@ def test_a_worker_fed_only_the_pickled_steps_computes_the_logits_of_rank_0(famil
     runner = llm.engine.runner
     loaded = load_model(model_dir, dtype="float32", device="cpu")
     worker = ModelRunner(loaded.model, 64, runner.block_size, runner.device, runner.dtype, None,
-                         MODEL_FAMILY_PARTS[read_config(model_dir)["model_type"]].vision_state)
+                         resolve_model_family(read_config(model_dir)["model_type"]).vision_state)
     pairs = []  # per step: [the worker's logits, rank 0's]
     rank0_execute = runner.execute
 

@@ -8,19 +8,29 @@ import shutil
 import pytest
 import torch
 import torch.multiprocessing as mp
-from transformers import MllamaConfig, MllamaForConditionalGeneration
 from transformers import Llama4ForConditionalGeneration as HFLlama4
+from transformers import MllamaConfig, MllamaForConditionalGeneration
 
 from tests.conftest import TINY_CONFIGS, randomize_gates
 from tests.distributed.tp_worker import TP_SIZES, WORLD_SIZE, Job, worker
-from tests.models.llama4_checkpoints import build_hf_config, pixel_values, prompt_ids, randomize
+from tests.models.llama4_checkpoints import (
+    build_hf_config,
+    pixel_values,
+    prompt_ids,
+    randomize,
+)
 from tests.models.test_llama4_loader import unfuse_experts
 from tests.server.helpers import free_port
 from vlmserve.distributed.parallel_state import TensorParallel
-from vlmserve.distributed.sharding import shard_shape, shard_spec, shard_tensor
+from vlmserve.distributed.sharding import (
+    REPLICATED,
+    parameter_specs,
+    shard_shape,
+    shard_tensor,
+)
+from vlmserve.families import resolve_model_family
 from vlmserve.models import loader
 from vlmserve.models.loader import load_model, read_config
-from vlmserve.models.registry import resolve_model_family
 
 REL_TOL = 1e-5
 # Vocabularies no TP size divides, so the padded rows of the embedding and the LM head are exercised.
@@ -88,15 +98,16 @@ def test_tp_matches_one_rank(results, name, size):
 
 
 def expected_param_bytes(path: str, size: int) -> tuple[int, int, int]:
-    """(bytes a rank of `size` holds by the sharding table, the table's sharded bytes of the whole model, its
+    """(bytes a rank of `size` holds by the splits the layers declare, the sharded bytes of the whole model, its
     replicated bytes), from the full model's shapes on the meta device."""
     raw = read_config(path)
     config = resolve_model_family(raw["model_type"]).parse_config(raw)
     with torch.device("meta"):
         model = resolve_model_family(raw["model_type"]).model_class(config)
+    specs = parameter_specs(model)
     per_rank = sharded = replicated = 0
     for name, param in model.named_parameters():
-        spec = shard_spec(raw["model_type"], name, config)
+        spec = specs[name]
         per_rank += math.prod(shard_shape(spec, param.shape, size)) * 4
         if spec.kind == "replicated":
             replicated += param.numel() * 4
@@ -144,8 +155,8 @@ SAFE_OPEN = loader.safe_open
 
 
 @pytest.mark.parametrize("name", ["mllama", "llama4"])
-def test_each_rank_reads_only_its_slices_of_the_table(jobs, name, monkeypatch, tmp_path):
-    """Loaded without a process group (loading needs none): rank r's every parameter is the table's cut of the
+def test_each_rank_reads_only_its_declared_slices(jobs, name, monkeypatch, tmp_path):
+    """Loaded without a process group (loading needs none): rank r's every parameter is its declared cut of the
     full one, read through slices alone; Llama 4's unfused per-expert layout gives the same parameters."""
     path = next(job.path for job in jobs if job.name == name)
     full = load_model(path, dtype="float32")
@@ -155,9 +166,22 @@ def test_each_rank_reads_only_its_slices_of_the_table(jobs, name, monkeypatch, t
     monkeypatch.setattr(loader, "safe_open", SlicesOnly)
     for rank in range(2):
         tp = TensorParallel(rank, 2)
-        expected = {key: shard_tensor(shard_spec(name, key, full.config), value, rank, 2)
-                    for key, value in full.model.state_dict().items()}
+        specs = parameter_specs(full.model)
+        expected = {key: shard_tensor(specs[key], value, rank, 2) for key, value in full.model.state_dict().items()}
         for source in [path] + ([tmp_path / "unfused"] if name == "llama4" else []):
             state = load_model(source, dtype="float32", tp=tp).model.state_dict()
             assert state.keys() == expected.keys()
             assert all(torch.equal(state[key], expected[key]) for key in state)
+
+
+@pytest.mark.parametrize("name", ["mllama", "llama4"])
+def test_a_split_left_undeclared_fails_the_shape_check(jobs, name, monkeypatch):
+    """A column-parallel weight whose split is forgotten reads as replicated: harmless on one rank, refused by name
+    on two, where the rank's parameter holds half the rows of the checkpoint tensor."""
+    path = next(job.path for job in jobs if job.name == name)
+    forgotten = "language_model.model.layers.0.self_attn.q_proj.weight"
+    declared = loader.parameter_specs
+    monkeypatch.setattr(loader, "parameter_specs", lambda model: {**declared(model), forgotten: REPLICATED})
+    load_model(path, dtype="float32")
+    with pytest.raises(loader.WeightLoadError, match=rf"tensor '{forgotten}' has shape .* on each of 2 ranks"):
+        load_model(path, dtype="float32", tp=TensorParallel(0, 2))

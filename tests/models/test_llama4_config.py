@@ -10,9 +10,10 @@ import torch
 from transformers import Llama4TextConfig as HFTextConfig
 
 from tests.models.llama4_checkpoints import build_hf_config
+from vlmserve.families import resolve_model_family
+from vlmserve.layers.rope_config import RopeConfig
+from vlmserve.models.config_common import ConfigError
 from vlmserve.models.llama4_config import parse_llama4_config
-from vlmserve.models.mllama_config import ConfigError, RopeConfig
-from vlmserve.models.registry import resolve_model_family
 
 SHIPPED = Path(__file__).parents[2] / "vlmserve" / "models" / "configs"
 

@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from vlmserve.models.loader import WeightLoadError, load_model
 from vlmserve.models.mllama import MllamaForConditionalGeneration
-from vlmserve.models.mllama_config import ConfigError, parse_mllama_config
+from vlmserve.models.config_common import ConfigError
+from vlmserve.models.mllama_config import parse_mllama_config
 
 REFERENCE_CONFIGS = Path(__file__).parents[2] / "vlmserve" / "models" / "configs"
 

@@ -20,8 +20,8 @@ from vlmserve.multimodal.mllama_processor import (
     process_image,
     stack_images,
     supported_aspect_ratios,
-    to_rgb,
 )
+from vlmserve.multimodal.inputs import to_rgb
 
 ATOL = 1e-5
 SEED = 1234

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from tests.tokenizer.helpers import image_url, text, user
-from vlmserve.tokenizer.chat_format import ChatFormatError, encode_chat, render_chat
+from vlmserve.families.chat import encode_chat
+from vlmserve.tokenizer.chat_format import ChatFormatError, render_chat
 from vlmserve.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
 DATE = "26 Jul 2024"

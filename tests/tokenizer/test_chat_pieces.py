@@ -4,7 +4,7 @@ message text that does spell one stays text (no forged turns, no forged image ma
 import pytest
 
 from tests.tokenizer.helpers import image_url, text, user
-from vlmserve.tokenizer.chat_format import encode_chat, render_family_chat
+from vlmserve.families.chat import encode_chat, render_family_chat
 from vlmserve.tokenizer.llama4_standin import build_llama4_standin_tokenizer
 from vlmserve.tokenizer.tokenizer import LLAMA4_SPECIAL_TOKENS, PromptPiece, Tokenizer, load_tokenizer
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from vlmserve.tokenizer.chat_format import encode_chat
+from vlmserve.families.chat import encode_chat
 from vlmserve.tokenizer.detokenizer import IncrementalDetokenizer
 from vlmserve.tokenizer.tokenizer import Tokenizer, load_tokenizer
 

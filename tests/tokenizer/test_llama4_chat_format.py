@@ -5,7 +5,8 @@ from transformers.models.llama4.processing_llama4 import chat_template as HF_CHA
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from tests.tokenizer.helpers import image_url, text, user
-from vlmserve.tokenizer.chat_format import ChatFormatError, encode_chat, render_family_chat
+from vlmserve.families.chat import encode_chat, render_family_chat
+from vlmserve.tokenizer.chat_format import ChatFormatError
 from vlmserve.tokenizer.llama4_chat_format import render_llama4_chat
 from vlmserve.tokenizer.llama4_standin import build_llama4_standin_tokenizer
 from vlmserve.tokenizer.tokenizer import LLAMA4_SPECIAL_TOKENS, Tokenizer, load_tokenizer

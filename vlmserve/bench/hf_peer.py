@@ -6,12 +6,11 @@ transformers is a test extra, so it is imported only here and only when asked fo
 is the counterpart of our engine's (scheduling, sampling, detokenizing), which our timings include too.
 """
 
-import gc
 import statistics
 
 import torch
 
-from vlmserve.bench.measure import now
+from vlmserve.bench.measure import now, release_memory
 from vlmserve.models.loader import hub_name
 
 PAD_TOKEN = 128004
@@ -33,9 +32,7 @@ def build_hf_model(model_dir, weights: dict[str, torch.Tensor], dtype: torch.dty
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    gc.collect()  # whatever the caller dropped (our engine, its KV pool) goes before transformers allocates
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory()  # whatever the caller dropped (our engine, its KV pool) goes before transformers allocates
     with torch.device(device):  # built where it runs: no host copy of a large model
         model = MllamaForConditionalGeneration._from_config(MllamaConfig.from_pretrained(model_dir), dtype=dtype)
     model = model.to(device)

@@ -7,7 +7,6 @@ run untimed and the rest of `output_len` are timed; tokens/s = batch x steps / t
 random image and token ids, so no prefix-cache or image-cache hit shortens any measurement.
 """
 
-import gc
 import itertools
 import statistics
 from dataclasses import asdict, dataclass
@@ -15,14 +14,20 @@ from dataclasses import asdict, dataclass
 import torch
 
 from vlmserve.bench import hf_peer
-from vlmserve.bench.measure import copy_bandwidth, now, peak_memory, reset_peak_memory
+from vlmserve.bench.measure import (
+    copy_bandwidth,
+    now,
+    peak_memory,
+    release_memory,
+    reset_peak_memory,
+)
 from vlmserve.bench.model_source import ModelSource, describe, require_mllama
 from vlmserve.bench.roofline import decode_step_bytes, roofline
 from vlmserve.bench.synthetic import synthetic_prompt
 from vlmserve.config import EngineConfig
 from vlmserve.engine.llm_engine import LLMEngine, resolve_device
 from vlmserve.engine.vision_state import VisionState
-from vlmserve.models.registry import resolve_model_family
+from vlmserve.families import resolve_model_family
 from vlmserve.sampling_params import SamplingParams
 
 BLOCK_SIZE = 16
@@ -66,9 +71,7 @@ def run_latency(source: ModelSource, settings: LatencySettings, *, dtype: str, d
     model_config, element_size = engine.model_config, engine.runner.kv_cache.element_size()
     del engine
     theirs = _measure_hf(source, weights, inputs, settings, dtype, device) if compare_hf else None
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory()
     bandwidth = copy_bandwidth(device)
     info["copy_bandwidth"] = {"bytes_per_s": bandwidth, "convention": "bytes read + bytes written by a large "
                               "device-to-device tensor copy, per second"}
@@ -182,7 +185,7 @@ def _measure_hf(source: ModelSource, weights: dict, inputs: dict, settings: Late
     examples = {key: [hf_peer.hf_example(p) for p in prepared] for key, prepared in inputs.items()}
     ttft = hf_peer.hf_ttft(model, examples.pop("ttft"), settings.warmup)
     decode = []
-    for batch_size, batch in examples.items():
+    for batch in examples.values():
         entry = hf_peer.hf_decode(model, batch, settings.output_len)
         if "step_ms" in entry:  # decode steps 1 .. N-1 attend to prompt + 1 .. N-1 tokens
             entry["context_lens"] = [len(e["input_ids"]) + settings.output_len / 2 for e in batch]

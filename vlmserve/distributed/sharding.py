@@ -1,5 +1,8 @@
-"""How every parameter is split across tensor-parallel ranks: the one table the weight loader, the parallel layers
-and the memory planner read. Names are the Hub names our modules carry (model_spec E.1, G.7).
+"""How every parameter is split across tensor-parallel ranks. Each parallel layer (vlmserve/layers/) declares the
+split of the parameters it makes, in its `shard_specs`; a parameter no parallel layer made is whole on every rank
+(replicated). The weight loader and the memory planner read those declarations through `parameter_specs`, by the
+Hub names our modules carry (model_spec E.1, G.7), and cut tensors with the functions here. A declaration that
+disagrees with the shape its layer gives a rank fails the loader's shape check, by name.
 
 Text decoder (both families), Megatron's layout — one all-reduce after each attention block and each MLP:
 - column (split dim 0, the output rows): q_proj, gate_proj, up_proj, shared_expert.{gate,up}_proj. q is split by
@@ -40,10 +43,10 @@ projector are replicated. The numbers behind this, per image:
   costs; tensor parallelism over PCIe is not a configuration we plan for.
 """
 
-import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 KINDS = ("column", "row", "vocab", "replicated", "kv_column")
 
@@ -68,81 +71,14 @@ REPLICATED = ShardSpec(None, "replicated")
 COLUMN = ShardSpec(0, "column")
 ROW = ShardSpec(1, "row")
 VOCAB = ShardSpec(0, "vocab")
-KV_COLUMN = ShardSpec(0, "kv_column")  # num_kv_heads filled in from the config
-
-_TEXT_LAYER = r"language_model\.model\.layers\.\d+\."
-_TEXT_COMMON = (
-    (r"language_model\.model\.embed_tokens\.weight", VOCAB),
-    (r"language_model\.lm_head\.weight", VOCAB),
-    (r"language_model\.model\.norm\.weight", REPLICATED),
-    (_TEXT_LAYER + r"(self_attn|cross_attn)\.q_proj\.weight", COLUMN),
-    (_TEXT_LAYER + r"(self_attn|cross_attn)\.[kv]_proj\.weight", KV_COLUMN),
-    (_TEXT_LAYER + r"(self_attn|cross_attn)\.o_proj\.weight", ROW),
-    (_TEXT_LAYER + r"(input_layernorm|post_attention_layernorm)\.weight", REPLICATED),
-)
 
 
-def _vision_layer_rules(layer: str) -> tuple:
-    return (
-        (layer + r"self_attn\.[qkv]_proj\.(weight|bias)", COLUMN),
-        (layer + r"self_attn\.o_proj\.weight", ROW),
-        (layer + r"mlp\.fc1\.(weight|bias)", COLUMN),
-        (layer + r"mlp\.fc2\.weight", ROW),
-        (layer + r"(self_attn\.o_proj|mlp\.fc2)\.bias", REPLICATED),
-        (layer + r"(input_layernorm|post_attention_layernorm)\.(weight|bias)", REPLICATED),
-        (layer + r"gate_(attn|ffn)", REPLICATED),
-    )
-
-
-_RULES = {
-    "mllama": _TEXT_COMMON + _vision_layer_rules(r"vision_model\.(transformer|global_transformer)\.layers\.\d+\.") + (
-        (_TEXT_LAYER + r"cross_attn\.[qk]_norm\.weight", REPLICATED),
-        (_TEXT_LAYER + r"cross_attn_(attn|mlp)_gate", REPLICATED),
-        (_TEXT_LAYER + r"mlp\.(gate|up)_proj\.weight", COLUMN),
-        (_TEXT_LAYER + r"mlp\.down_proj\.weight", ROW),
-        (r"vision_model\.(patch_embedding\.weight|class_embedding|layernorm_(pre|post)\.(weight|bias)"
-         r"|gated_positional_embedding\.(embedding|gate|tile_embedding\.weight)"
-         r"|(pre|post)_tile_positional_embedding\.(embedding\.weight|gate))", REPLICATED),
-        (r"multi_modal_projector\.(weight|bias)", REPLICATED),
-    ),
-    "llama4": _TEXT_COMMON + _vision_layer_rules(r"vision_model\.model\.layers\.\d+\.") + (
-        (_TEXT_LAYER + r"feed_forward\.router\.weight", REPLICATED),
-        (_TEXT_LAYER + r"feed_forward\.experts\.gate_up_proj", ShardSpec(2, "column", num_parts=2)),
-        (_TEXT_LAYER + r"feed_forward\.experts\.down_proj", ROW),
-        (_TEXT_LAYER + r"feed_forward\.(shared_expert\.)?(gate|up)_proj\.weight", COLUMN),
-        (_TEXT_LAYER + r"feed_forward\.(shared_expert\.)?down_proj\.weight", ROW),
-        (r"vision_model\.(patch_embedding\.linear\.weight|class_embedding|positional_embedding_vlm"
-         r"|layernorm_(pre|post)\.(weight|bias)|vision_adapter\.mlp\.fc[12]\.weight)", REPLICATED),
-        (r"multi_modal_projector\.linear_1\.(weight|bias)", REPLICATED),
-    ),
-}
-_COMPILED = {family: [(re.compile(pattern), spec) for pattern, spec in rules] for family, rules in _RULES.items()}
-
-# Sizes split across ranks, which N must divide: (config section, field). Vision heads are `attention_heads` in
-# Mllama's config and `num_attention_heads` in Llama 4's.
-_SPLIT_FIELDS = {
-    "mllama": (("text", "num_attention_heads"), ("text", "intermediate_size"),
-               ("vision", "attention_heads"), ("vision", "intermediate_size")),
-    "llama4": (("text", "num_attention_heads"), ("text", "intermediate_size"), ("text", "intermediate_size_mlp"),
-               ("vision", "num_attention_heads"), ("vision", "intermediate_size")),
-}
-
-
-def _rules(model_type: str) -> list:
-    if model_type not in _COMPILED:
-        raise ValueError(f"no tensor-parallel layout for model_type {model_type!r}; known: {', '.join(_COMPILED)}")
-    return _COMPILED[model_type]
-
-
-def shard_spec(model_type: str, param_name: str, config) -> ShardSpec:
-    """The split of one parameter, by its Hub name; `config` is the family's typed config."""
-    for pattern, spec in _rules(model_type):
-        if pattern.fullmatch(param_name):
-            if spec.kind == "kv_column":
-                return replace(spec, num_kv_heads=config.text.num_key_value_heads)
-            return spec
-    raise ValueError(f"no tensor-parallel rule for parameter {param_name!r} of a {model_type} model; add one to "
-                     "vlmserve/distributed/sharding.py")
+def parameter_specs(model: nn.Module) -> dict[str, ShardSpec]:
+    """Every parameter's split, by its name in `model`: what the layer that made it declares in its `shard_specs`
+    ({parameter attribute: spec}), else replicated. Declared on the module, not the parameter: materialising a
+    meta-device model (`to_empty`) replaces its parameters, and their attributes with them."""
+    return {f"{prefix}.{name}" if prefix else name: getattr(module, "shard_specs", {}).get(name, REPLICATED)
+            for prefix, module in model.named_modules() for name, _ in module.named_parameters(recurse=False)}
 
 
 def kv_heads_per_rank(num_kv_heads: int, tp_size: int) -> int:
@@ -150,9 +86,8 @@ def kv_heads_per_rank(num_kv_heads: int, tp_size: int) -> int:
     return max(num_kv_heads // tp_size, 1)
 
 
-def _tp_problems(model_type: str, config, tp_size: int) -> list[str]:
-    problems = [f"{section} {name} {getattr(getattr(config, section), name)}"
-                for section, name in _SPLIT_FIELDS[model_type] if getattr(getattr(config, section), name) % tp_size]
+def _tp_problems(config, tp_size: int) -> list[str]:
+    problems = [f"{name} {size}" for name, size in config.tp_split_sizes().items() if size % tp_size]
     kv = config.text.num_key_value_heads
     if kv % tp_size and tp_size % kv:
         problems.append(f"text num_key_value_heads {kv} (N must divide it, or be a multiple of it to replicate "
@@ -161,14 +96,14 @@ def _tp_problems(model_type: str, config, tp_size: int) -> list[str]:
 
 
 def validate_tp(model_type: str, config, tp_size: int) -> None:
-    """Raise ValueError naming every size that `tp_size` ranks cannot split into whole heads or equal slices."""
-    _rules(model_type)
+    """Raise ValueError naming every size that `tp_size` ranks cannot split into whole heads or equal slices:
+    those of the family's `config.tp_split_sizes()`, and its kv heads."""
     if not isinstance(tp_size, int) or tp_size < 1:
         raise ValueError(f"tensor parallel size must be a whole number >= 1, got {tp_size!r}")
-    problems = _tp_problems(model_type, config, tp_size)
+    problems = _tp_problems(config, tp_size)
     if problems:
         heads = config.text.num_attention_heads
-        valid = [n for n in range(1, heads + 1) if not _tp_problems(model_type, config, n)]
+        valid = [n for n in range(1, heads + 1) if not _tp_problems(config, n)]
         raise ValueError(f"tensor parallel size {tp_size} cannot split this {model_type} model: it does not divide "
                          f"{'; '.join(problems)}. Sizes that work: {', '.join(map(str, valid))}")
 

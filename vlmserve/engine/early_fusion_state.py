@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vlmserve.engine.sequence import Sequence
-from vlmserve.engine.vision_state import StepVisionInputs
+from vlmserve.engine.vision_inputs import StepVisionInputs
 
 ImageKey = tuple[int, int]  # (seq_id, image index): names an image's features on every rank
 

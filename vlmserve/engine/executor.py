@@ -27,10 +27,9 @@ import torch.distributed as dist
 from vlmserve.config import EngineConfig
 from vlmserve.distributed import launch
 from vlmserve.distributed.sharding import validate_tp
-from vlmserve.engine.model_family import MODEL_FAMILY_PARTS
 from vlmserve.engine.model_runner import ForwardStep, ModelRunner
+from vlmserve.families import resolve_model_family
 from vlmserve.models.loader import LoadedModel, load_model, read_config
-from vlmserve.models.registry import resolve_model_family
 
 logger = logging.getLogger("vlmserve.engine")
 
@@ -127,7 +126,7 @@ def num_kv_blocks(config: EngineConfig, loaded: LoadedModel, device: torch.devic
 def run_worker(config: EngineConfig, ranks: launch.Ranks) -> None:
     """A worker rank's life: load its shard and KV pool, then run every step rank 0 sends until the stop message."""
     loaded, num_blocks = load_shard(config, ranks)
-    family = MODEL_FAMILY_PARTS[read_config(Path(config.model))["model_type"]]
+    family = resolve_model_family(read_config(Path(config.model))["model_type"])
     runner = ModelRunner(loaded.model, num_blocks, config.block_size, ranks.device, loaded.dtype, None,
                          family.vision_state)
     while True:

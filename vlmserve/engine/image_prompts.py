@@ -4,13 +4,14 @@
 Images come as decoders (`OpenedImage.decode`), called one at a time: only one full-size decoded image is alive
 at once, whatever the number of images."""
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from PIL import Image
 
 from vlmserve.engine.sequence import MultiModalInputs
-from vlmserve.multimodal.inputs import image_content_hash
+from vlmserve.multimodal.inputs import image_content_hash, to_rgb
 from vlmserve.multimodal.llama4_processor import (
     Llama4ImageConfig,
     Llama4ImageTokenIds,
@@ -22,10 +23,19 @@ from vlmserve.multimodal.mllama_processor import (
     cross_attention_token_ranges,
     process_image,
     stack_images,
-    to_rgb,
 )
 
 ImageDecoder = Callable[[], Image.Image]
+
+
+class ImagePrompts(Protocol):
+    """A family's way in for images: the input processor checks the placeholders, then calls `prepare`."""
+
+    placeholder_id: int  # the token marking each image in a chat or raw prompt
+    bos_after_leading_images: bool  # where a raw prompt's BOS goes when it starts with placeholders
+
+    def prepare(self, token_ids: list[int], images: list[ImageDecoder]) -> tuple[list[int], MultiModalInputs]:
+        """The prompt's final token ids and its images' encoder inputs."""
 
 
 def _hash_and_process_each(decoders: list[ImageDecoder], process: Callable) -> tuple[list[str], list]:

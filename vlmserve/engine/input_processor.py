@@ -6,8 +6,8 @@ from typing import Any
 
 from vlmserve.engine.image_prompts import Llama4ImagePrompts, MllamaImagePrompts
 from vlmserve.engine.sequence import MultiModalInputs
+from vlmserve.families.chat import encode_chat
 from vlmserve.multimodal.inputs import ImageInputError, OpenedImage, open_image
-from vlmserve.tokenizer.chat_format import encode_chat
 from vlmserve.tokenizer.tokenizer import Tokenizer
 
 BOS = "<|begin_of_text|>"

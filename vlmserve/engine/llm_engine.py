@@ -13,12 +13,12 @@ from vlmserve.engine.cuda_graphs import graphs_wanted
 from vlmserve.engine.executor import (Executor, check_tensor_parallel, load_shard, resolve_device, run_worker,
                                       spawned_worker)
 from vlmserve.engine.input_processor import InputProcessor, PreparedInput
-from vlmserve.engine.model_family import MODEL_FAMILY_PARTS
 from vlmserve.engine.model_runner import ModelRunner
 from vlmserve.engine.outputs import CompletionOutput, RequestOutput
 from vlmserve.engine.scheduler import Scheduler, SchedulerConfig
 from vlmserve.engine.sequence import Sequence
 from vlmserve.engine.structured_output import StructuredOutputManager
+from vlmserve.families import resolve_model_family
 from vlmserve.models.loader import read_config
 from vlmserve.sampling_params import SamplingParams
 from vlmserve.tokenizer.detokenizer import IncrementalDetokenizer
@@ -91,7 +91,7 @@ class LLMEngine:
         self.executor = Executor(ranks) if ranks.size > 1 else None
         self.model_config = loaded.config
         model_dir = Path(config.model)
-        family = MODEL_FAMILY_PARTS[read_config(model_dir)["model_type"]]
+        family = resolve_model_family(read_config(model_dir)["model_type"])
         self.tokenizer = engine_tokenizer(model_dir, family.special_tokens, config.load_format)
         self.input_processor = InputProcessor(
             self.tokenizer, family.image_prompts(model_dir, self.model_config, self.tokenizer),

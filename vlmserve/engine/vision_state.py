@@ -12,22 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from vlmserve.engine.sequence import MultiModalInputs, Sequence
+from vlmserve.engine.vision_inputs import StepVisionInputs
 from vlmserve.layers.attention_metadata import CrossBatch, SeqCrossInputs
-
-
-@dataclass
-class StepVisionInputs:
-    """What a step's images give the model: cross-attention inputs (Llama 3.2 Vision), or the feature rows that
-    replace the step's image-token embeddings, in flat-batch order (Llama 4)."""
-
-    cross: CrossBatch | None = None
-    image_embeds: torch.Tensor | None = None  # [image tokens in the step, hidden]
-    image_token_rows: torch.Tensor | None = None  # [image tokens in the step]: their rows in the flat batch
-
-    def forward_kwargs(self) -> dict:
-        if self.image_embeds is None:
-            return {}
-        return {"image_embeds": self.image_embeds, "image_token_rows": self.image_token_rows}
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
+from vlmserve.distributed.sharding import VOCAB
 
 
 class _VocabRows(nn.Module):
@@ -15,6 +16,7 @@ class _VocabRows(nn.Module):
         self.num_embeddings, self.tp = num_embeddings, tp
         self.rows_per_rank = -(-num_embeddings // tp.size)
         self.weight = nn.Parameter(torch.empty(self.rows_per_rank, hidden_size))
+        self.shard_specs = {"weight": VOCAB}
 
 
 class VocabParallelEmbedding(_VocabRows):

@@ -1,23 +1,32 @@
 """Tensor-parallel linear layers (Megatron's split): column-parallel layers hold a slice of the output features,
 row-parallel ones a slice of the input features and all-reduce their partial sums. Parameters carry the Hub names
-and this rank's shapes; vlmserve/distributed/sharding.py says which slice of the checkpoint tensor fills them.
-On one rank each is exactly nn.Linear."""
+and this rank's shapes; each layer declares their split (`shard_specs`), which vlmserve/distributed/sharding.py
+turns into the slice of the checkpoint tensor that fills them. On one rank each is exactly nn.Linear."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
-from vlmserve.distributed.sharding import kv_heads_per_rank
+from vlmserve.distributed.sharding import (
+    COLUMN,
+    REPLICATED,
+    ROW,
+    ShardSpec,
+    kv_heads_per_rank,
+)
 
 
 class _Linear(nn.Module):
-    """A rank's weight [out, in] and bias [out] (a row-parallel layer's bias is whole: added after the reduce)."""
+    """A rank's weight [out, in] and bias [out], and how each is split (a row-parallel layer's bias is whole: added
+    after the reduce)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool):
+    def __init__(self, in_features: int, out_features: int, bias: bool, weight_spec: ShardSpec,
+                 bias_spec: ShardSpec):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.shard_specs = {"weight": weight_spec, "bias": bias_spec}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -30,7 +39,7 @@ class ColumnParallelLinear(_Linear):
                  gather_output: bool = False):
         if out_features % tp.size:
             raise ValueError(f"{out_features} output features cannot be split over {tp.size} ranks")
-        super().__init__(in_features, out_features // tp.size, bias)
+        super().__init__(in_features, out_features // tp.size, bias, COLUMN, COLUMN)
         self.tp, self.gather_output = tp, gather_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +54,8 @@ class KVParallelLinear(_Linear):
     def __init__(self, in_features: int, num_kv_heads: int, head_dim: int, bias: bool = False,
                  tp: TensorParallel = SINGLE):
         out_features = kv_heads_per_rank(num_kv_heads, tp.size) * head_dim
-        super().__init__(in_features, out_features, bias)
+        spec = ShardSpec(0, "kv_column", num_kv_heads=num_kv_heads)
+        super().__init__(in_features, out_features, bias, spec, spec)
 
 
 class RowParallelLinear(_Linear):
@@ -58,7 +68,7 @@ class RowParallelLinear(_Linear):
             raise ValueError(f"{in_features} input features cannot be split over {tp.size} ranks")
         if bias and not reduce_results:
             raise ValueError("a row-parallel bias is added after the all-reduce: it needs reduce_results")
-        super().__init__(in_features // tp.size, out_features, bias)
+        super().__init__(in_features // tp.size, out_features, bias, ROW, REPLICATED)
         self.tp, self.reduce_results = tp, reduce_results
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
+from vlmserve.distributed.sharding import ROW, ShardSpec
 from vlmserve.layers.mlp import ACTIVATIONS, GatedMLP
 
 
@@ -28,6 +29,8 @@ class Experts(nn.Module):
         local = intermediate_size // tp.size
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, hidden_size, 2 * local))
         self.down_proj = nn.Parameter(torch.empty(num_experts, local, hidden_size))
+        # gate_up: this rank's 1/N of the gate columns, then the same 1/N of the up columns; down: its I/N rows.
+        self.shard_specs = {"gate_up_proj": ShardSpec(2, "column", num_parts=2), "down_proj": ROW}
         self.act = ACTIVATIONS[hidden_act]
 
     def forward(self, x: torch.Tensor, expert_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

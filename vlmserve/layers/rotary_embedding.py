@@ -3,7 +3,7 @@ import math
 import torch
 from torch import nn
 
-from vlmserve.models.mllama_config import RopeConfig
+from vlmserve.layers.rope_config import RopeConfig
 
 
 def llama3_inv_freq(head_dim: int, rope: RopeConfig) -> torch.Tensor:

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmserve.layers.mlp import ACTIVATIONS
-from vlmserve.models.mllama_config import ConfigError, RopeConfig
+from vlmserve.layers.rope_config import RopeConfig
+from vlmserve.models.config_common import (
+    ConfigError,
+    config_dtype,
+    parse_rope_config,
+    token_ids,
+)
 
 _REQUIRED = object()
 
@@ -102,6 +108,15 @@ class Llama4Config:
     dtype: str | None = None
     model_type: str = "llama4"
 
+    def tp_split_sizes(self) -> dict[str, int]:
+        """The sizes tensor-parallel ranks split into equal shares, which their number must divide (kv heads,
+        which may be replicated instead, are vlmserve/distributed/sharding.py's own check)."""
+        return {"text num_attention_heads": self.text.num_attention_heads,
+                "text intermediate_size": self.text.intermediate_size,
+                "text intermediate_size_mlp": self.text.intermediate_size_mlp,
+                "vision num_attention_heads": self.vision.num_attention_heads,
+                "vision intermediate_size": self.vision.intermediate_size}
+
 
 def _int(section: dict, where: str, key: str, default: Any = _REQUIRED, minimum: int = 1) -> int:
     value = section.get(key, default)
@@ -154,12 +169,6 @@ def _no_rope_layers(text: dict, num_layers: int) -> tuple[int, ...]:
     return tuple(int(v) for v in given[:num_layers])
 
 
-def _token_ids(value) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-
-
 def parse_text_config(text: dict[str, Any]) -> Llama4TextConfig:
     where = "text_config"
     num_layers = _int(text, where, "num_hidden_layers")
@@ -196,12 +205,12 @@ def parse_text_config(text: dict[str, Any]) -> Llama4TextConfig:
         attn_temperature_tuning=_flag(text, where, "attn_temperature_tuning", True),
         floor_scale=_float(text, where, "floor_scale", 8192, minimum=1e-9),
         attn_scale=_float(text, where, "attn_scale", 0.1),
-        rope=RopeConfig.from_text_config(text),
+        rope=parse_rope_config(text),
         hidden_act=hidden_act,
         rms_norm_eps=_float(text, where, "rms_norm_eps", 1e-5),
         max_position_embeddings=_int(text, where, "max_position_embeddings", 131072),
         bos_token_id=text.get("bos_token_id", 1),
-        eos_token_ids=_token_ids(text.get("eos_token_id", 2)),
+        eos_token_ids=token_ids(text.get("eos_token_id", 2)),
         pad_token_id=text.get("pad_token_id"),
     )
 
@@ -258,7 +267,7 @@ def parse_llama4_config(raw: dict[str, Any]) -> Llama4Config:
         image_token_index=_int(raw, "config", "image_token_index", raw.get("image_token_id", 200092), minimum=0),
         boi_token_index=_int(raw, "config", "boi_token_index", 200080, minimum=0),
         eoi_token_index=_int(raw, "config", "eoi_token_index", 200081, minimum=0),
-        dtype=raw.get("dtype") or raw.get("torch_dtype"),
+        dtype=config_dtype(raw),
     )
     _check(config.image_token_index < text.vocab_size, "image_token_index",
            f"({config.image_token_index}) must be a row of the {text.vocab_size}-token embedding table")

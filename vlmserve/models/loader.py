@@ -2,9 +2,9 @@
 
 The model is built on the meta device and materialised once, so peak host memory is the model plus the
 tensor being copied. Under tensor parallelism the model has this rank's shapes and every checkpoint tensor is read
-through a safetensors slice cut by vlmserve/distributed/sharding.py: a rank reads only its own bytes. Every check
-(files present, names known, shapes equal, nothing missing) either passes or raises with the offending name: a
-half-loaded model is never returned.
+through a safetensors slice, cut as the destination parameter's layer declares (vlmserve/distributed/sharding.py):
+a rank reads only its own bytes. Every check (files present, names known, shapes equal, nothing missing) either
+passes or raises with the offending name: a half-loaded model is never returned.
 """
 
 import json
@@ -19,9 +19,15 @@ from safetensors import safe_open
 from torch import nn
 
 from vlmserve.distributed.parallel_state import SINGLE, TensorParallel
-from vlmserve.distributed.sharding import ShardSpec, shard_shape, shard_spec, shard_tensor, validate_tp
-from vlmserve.models.mllama_config import ConfigError
-from vlmserve.models.registry import resolve_model_family
+from vlmserve.distributed.sharding import (
+    ShardSpec,
+    parameter_specs,
+    shard_shape,
+    shard_tensor,
+    validate_tp,
+)
+from vlmserve.families import resolve_model_family
+from vlmserve.models.config_common import ConfigError
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
@@ -97,23 +103,16 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class _Sharding:
-    """What cuts a checkpoint tensor down to this rank's part: the family's table, its config, the rank."""
+    """What cuts a checkpoint tensor down to this rank's part: the split each parameter's layer declares, the rank."""
 
-    model_type: str
-    config: object
+    specs: dict[str, ShardSpec]
     tp: TensorParallel
 
-    def spec(self, param_name: str, name: str) -> ShardSpec:
-        try:
-            return shard_spec(self.model_type, param_name, self.config)
-        except ValueError as err:
-            raise WeightLoadError(f"checkpoint tensor {name!r}: {err}") from None
 
-
-def load_weights(model: nn.Module, files: list[Path], model_type: str, config, tp: TensorParallel = SINGLE) -> None:
+def load_weights(model: nn.Module, files: list[Path], tp: TensorParallel = SINGLE) -> None:
     params = dict(model.named_parameters())
     parts: dict[str, set[str]] = {}  # parameter -> the parts of it loaded so far ("" = the whole)
-    sharding = _Sharding(model_type, config, tp)
+    sharding = _Sharding(parameter_specs(model), tp)
     for path in files:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as shard:
@@ -161,7 +160,7 @@ def _destination(params: dict[str, nn.Parameter], name: str, sharding: _Sharding
     param_name = name if match is None else f"{match['experts']}.{_FUSED_EXPERT[match['proj']]}"
     if param_name not in params:
         raise WeightLoadError(f"checkpoint tensor {name!r} does not belong to this model")
-    param, spec = params[param_name], sharding.spec(param_name, name)
+    param, spec = params[param_name], sharding.specs[param_name]
     if match is None:
         return param_name, "", param, spec, False
     expert = int(match["expert"])
@@ -226,5 +225,5 @@ def load_model(
     if load_format == "dummy":
         init_dummy_weights(model)
     else:
-        load_weights(model, files, raw["model_type"], config, tp)
+        load_weights(model, files, tp)
     return LoadedModel(model=model.eval(), config=config, dtype=torch_dtype)

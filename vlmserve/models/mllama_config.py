@@ -7,39 +7,15 @@ spelling (`rope_parameters`, `dtype`).
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmserve.layers.rope_config import RopeConfig
+from vlmserve.models.config_common import (
+    ConfigError,
+    config_dtype,
+    parse_rope_config,
+    token_ids,
+)
+
 DEFAULT_ASPECT_RATIOS = [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]]
-
-
-class ConfigError(ValueError):
-    """A config.json that cannot describe a model we serve."""
-
-
-@dataclass(frozen=True)
-class RopeConfig:
-    theta: float = 500000.0
-    rope_type: str = "default"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
-
-    @classmethod
-    def from_text_config(cls, text: dict[str, Any]) -> "RopeConfig":
-        params = dict(text.get("rope_parameters") or text.get("rope_scaling") or {})
-        theta = params.pop("rope_theta", text.get("rope_theta", 500000.0))
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        if rope_type not in ("default", "llama3"):
-            raise ConfigError(f"unsupported rope_type {rope_type!r}; supported: 'default', 'llama3'")
-        if rope_type == "default":
-            return cls(theta=float(theta))
-        return cls(
-            theta=float(theta),
-            rope_type=rope_type,
-            factor=float(params["factor"]),
-            low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
-            original_max_position_embeddings=int(params["original_max_position_embeddings"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -105,13 +81,16 @@ class MllamaConfig:
     dtype: str | None = None
     model_type: str = "mllama"
 
-
-def _as_tuple(value) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    def tp_split_sizes(self) -> dict[str, int]:
+        """The sizes tensor-parallel ranks split into equal shares, which their number must divide (kv heads,
+        which may be replicated instead, are vlmserve/distributed/sharding.py's own check)."""
+        return {"text num_attention_heads": self.text.num_attention_heads,
+                "text intermediate_size": self.text.intermediate_size,
+                "vision attention_heads": self.vision.attention_heads,
+                "vision intermediate_size": self.vision.intermediate_size}
 
 
 def parse_text_config(text: dict[str, Any]) -> MllamaTextConfig:
-    eos = text.get("eos_token_id", 128001)
     return MllamaTextConfig(
         vocab_size=text["vocab_size"],
         hidden_size=text["hidden_size"],
@@ -120,12 +99,12 @@ def parse_text_config(text: dict[str, Any]) -> MllamaTextConfig:
         num_key_value_heads=text.get("num_key_value_heads", text["num_attention_heads"]),
         intermediate_size=text["intermediate_size"],
         cross_attention_layers=tuple(text.get("cross_attention_layers", ())),
-        rope=RopeConfig.from_text_config(text),
+        rope=parse_rope_config(text),
         hidden_act=text.get("hidden_act", "silu"),
         rms_norm_eps=text.get("rms_norm_eps", 1e-5),
         max_position_embeddings=text.get("max_position_embeddings", 131072),
         bos_token_id=text.get("bos_token_id", 128000),
-        eos_token_ids=_as_tuple(eos) if eos is not None else (),
+        eos_token_ids=token_ids(text.get("eos_token_id", 128001)),
         pad_token_id=text.get("pad_token_id"),
     )
 
@@ -160,5 +139,5 @@ def parse_mllama_config(raw: dict[str, Any]) -> MllamaConfig:
         text=text,
         vision=vision,
         image_token_index=raw.get("image_token_index", raw.get("image_token_id", 128256)),
-        dtype=raw.get("dtype") or raw.get("torch_dtype"),
+        dtype=config_dtype(raw),
     )

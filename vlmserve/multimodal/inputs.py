@@ -1,5 +1,5 @@
 """Image inputs: bytes, paths, file:// and data: URLs -> PIL images (header checked first, pixels decoded on demand),
-plus a content hash."""
+plus a content hash and the RGB conversion every processor starts from."""
 
 import base64
 import hashlib
@@ -117,6 +117,27 @@ def row_strips(image: Image.Image) -> Iterator[tuple[int, Image.Image]]:
     rows = max(1, STRIP_PIXELS // max(width, 1))
     for top in range(0, height, rows):
         yield top, image.crop((0, top, width, min(top + rows, height)))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as HF converts it: anything with alpha or a transparency entry is composited onto white.
+
+    An RGB image comes back as is. Others are converted a strip of rows at a time (the conversion is per pixel), so
+    no full-size intermediate (RGBA copy, white backdrop, composite) is made besides the result."""
+    if image.mode == "RGB" and image.info.get("transparency") is None:
+        return image
+    rgb = Image.new("RGB", image.size)
+    for top, strip in row_strips(image):
+        rgb.paste(_strip_to_rgb(strip), (0, top))
+    return rgb
+
+
+def _strip_to_rgb(image: Image.Image) -> Image.Image:
+    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
+    if not has_alpha:
+        return image.convert("RGB")
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
 
 
 def _open_string(source: str, max_pixels: int) -> OpenedImage:

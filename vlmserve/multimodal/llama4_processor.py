@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlmserve.multimodal.inputs import row_strips
-from vlmserve.multimodal.mllama_processor import to_rgb
+from vlmserve.multimodal.inputs import row_strips, to_rgb
 
 # torchvision resizes uint8 with torch's native uint8 kernel on these CPUs and through float32 + round elsewhere;
 # the two differ by one grey level on ~15% of pixels, so we make the same choice.

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmserve.multimodal.inputs import row_strips
+from vlmserve.multimodal.inputs import to_rgb
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -121,27 +121,6 @@ def process_image(image: Image.Image, config: MllamaImageConfig) -> ProcessedIma
     aspect_ratio_mask[:num_tiles] = 1
     aspect_ratio_id = 1 + supported_aspect_ratios(config.max_image_tiles).index((num_high, num_wide))
     return ProcessedImage(pixel_values, aspect_ratio_id, aspect_ratio_mask, num_tiles)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB as HF converts it: anything with alpha or a transparency entry is composited onto white.
-
-    An RGB image comes back as is. Others are converted a strip of rows at a time (the conversion is per pixel), so
-    no full-size intermediate (RGBA copy, white backdrop, composite) is made besides the result."""
-    if image.mode == "RGB" and image.info.get("transparency") is None:
-        return image
-    rgb = Image.new("RGB", image.size)
-    for top, strip in row_strips(image):
-        rgb.paste(_strip_to_rgb(strip), (0, top))
-    return rgb
-
-
-def _strip_to_rgb(image: Image.Image) -> Image.Image:
-    has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
-    if not has_alpha:
-        return image.convert("RGB")
-    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
 
 
 def stack_images(images: list[ProcessedImage]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

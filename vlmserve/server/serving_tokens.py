@@ -2,11 +2,11 @@
 
 from fastapi import Request
 
+from vlmserve.families.chat import encode_chat
 from vlmserve.server.engine_client import EngineClient
 from vlmserve.server.errors import APIError
 from vlmserve.server.protocol import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from vlmserve.server.serving_chat import chat_options
-from vlmserve.tokenizer.chat_format import encode_chat
 
 
 def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:

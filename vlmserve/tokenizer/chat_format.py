@@ -14,12 +14,10 @@ The system block is where the two published formats disagree, so we choose per c
   reference chat format instead: the system text is written as given, with no date preamble, and only when
   a system message is present.
 Only a leading system message is accepted. Tool calls and tool results (the `ipython` role) are not supported.
-`encode_chat` picks this format or Llama 4's (llama4_chat_format) from the tokenizer's model family and encodes
-the pieces, which gives the ids of the whole prompt string whenever no message spells a special token.
+Each model family names its chat format (vlmserve/families); `encode_chat` there renders a chat in the tokenizer's.
 """
 
 import datetime
-from typing import Any
 
 from vlmserve.tokenizer.chat_messages import (
     SYSTEM,
@@ -33,21 +31,13 @@ from vlmserve.tokenizer.chat_messages import (
     render_turns,
     special,
 )
-from vlmserve.tokenizer.llama4_chat_format import render_llama4_chat
-from vlmserve.tokenizer.tokenizer import (
-    BEGIN_OF_TEXT,
-    EOT,
-    LLAMA3_SPECIAL_TOKENS,
-    LLAMA4_SPECIAL_TOKENS,
-    PromptPiece,
-    Tokenizer,
-)
+from vlmserve.tokenizer.tokenizer import BEGIN_OF_TEXT, EOT, PromptPiece
 
 KNOWLEDGE_PREAMBLE = "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
 DATE_FORMAT = "%d %b %Y"
 START_HEADER, END_HEADER = "<|start_header_id|>", "<|end_header_id|>"
 
-__all__ = ["ChatFormatError", "RenderedChat", "encode_chat", "render_chat", "render_family_chat"]
+__all__ = ["ChatFormatError", "RenderedChat", "render_chat"]
 
 
 def render_chat(messages: list[dict], *, add_generation_prompt: bool = True, continue_final_message: bool = False,
@@ -64,32 +54,6 @@ def render_chat(messages: list[dict], *, add_generation_prompt: bool = True, con
     prefix = [special(BEGIN_OF_TEXT), *_system_block(system, has_images, date_string)]
     return render_turns(prefix, turns, _header, EOT, add_generation_prompt=add_generation_prompt,
                         continue_final_message=continue_final_message)
-
-
-def render_family_chat(family: str, messages: list[dict], **options: Any) -> RenderedChat:
-    """Render in the chat format of a model family: "mllama" (`render_chat`) or "llama4" (`render_llama4_chat`).
-
-    The Llama 3.2 `date_string` option is accepted for llama4 only when it is None.
-    """
-    if family == LLAMA3_SPECIAL_TOKENS.family:
-        return render_chat(messages, **options)
-    if family != LLAMA4_SPECIAL_TOKENS.family:
-        raise ChatFormatError(f"no chat format for model family {family!r}; expected "
-                              f"{LLAMA3_SPECIAL_TOKENS.family!r} or {LLAMA4_SPECIAL_TOKENS.family!r}")
-    date_string = options.pop("date_string", None)
-    if date_string is not None:
-        raise ChatFormatError(f"date_string={date_string!r} is a Llama 3.2 chat option; the llama4 chat format "
-                              "writes no date")
-    return render_llama4_chat(messages, **options)
-
-
-def encode_chat(tokenizer: Tokenizer, messages: list[dict], **options: Any) -> tuple[list[int], list]:
-    """Token ids of the chat rendered in the tokenizer's family format (no extra BOS) and its image sources.
-
-    Message text is encoded as literal text, so special-token strings in it stay text (no forged turns or images).
-    """
-    rendered = render_family_chat(tokenizer.family, messages, **options)
-    return tokenizer.encode_pieces(rendered.pieces), rendered.images
 
 
 def _header(role: str) -> list[PromptPiece]:

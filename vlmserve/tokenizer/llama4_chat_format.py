@@ -14,6 +14,7 @@ keeps all of them (the template keeps only the first). Tool calls and tool resul
 
 from vlmserve.tokenizer.chat_messages import (
     SYSTEM,
+    ChatFormatError,
     RenderedChat,
     check_options,
     header,
@@ -29,12 +30,16 @@ HEADER_START, HEADER_END = "<|header_start|>", "<|header_end|>"
 
 
 def render_llama4_chat(messages: list[dict], *, add_generation_prompt: bool = True,
-                       continue_final_message: bool = False) -> RenderedChat:
+                       continue_final_message: bool = False, date_string: None = None) -> RenderedChat:
     """Render `messages` as Llama 4 prompt pieces plus the image sources in the order their markers appear.
 
     `continue_final_message` leaves the final assistant message open (no `<|eot|>`) so generation continues it;
-    it excludes `add_generation_prompt`.
+    it excludes `add_generation_prompt`. The Llama 3.2 `date_string` option is accepted only as None: this format
+    writes no date.
     """
+    if date_string is not None:
+        raise ChatFormatError(f"date_string={date_string!r} is a Llama 3.2 chat option; the llama4 chat format "
+                              "writes no date")
     check_options(messages, add_generation_prompt, continue_final_message)
     system, turns = parse_messages(messages)
     system_block = [] if system is None else [*_header(SYSTEM), literal(system.text.strip()), special(EOT)]
