@@ -19,8 +19,7 @@ import torch
 from transformers import Llama4TextConfig
 from transformers.models.llama4.modeling_llama4 import Llama4TextMoe
 
-from throughput import BUSY_LIMIT, OtherLoad
-from vlmserve.bench.measure import synchronize
+from vlmserve.bench.measure import OtherLoad, is_disturbed, synchronize
 from vlmserve.layers.moe import MoE
 
 
@@ -81,7 +80,7 @@ def main() -> None:
             error = ((ours(x).float() - ref).norm() / ref.norm()).item()
             ours_s, ours_busy = best_time(lambda: ours(x), args.repeat, device)
             theirs_s, theirs_busy = best_time(lambda: theirs(x), args.repeat, device)
-        mark = " *" if max(ours_busy, theirs_busy) > BUSY_LIMIT else ""
+        mark = " *" if is_disturbed(max(ours_busy, theirs_busy)) else ""
         print(f"| {tokens} | {ours_s * 1e3:.2f} | {theirs_s * 1e3:.2f} | {theirs_s / ours_s:.1f}x | "
               f"{error:.1e}{mark} |", flush=True)
 

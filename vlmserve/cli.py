@@ -231,8 +231,12 @@ def cmd_bench(args) -> int:
         else:
             from vlmserve.bench.throughput import ThroughputSettings, run_throughput
 
-            settings = ThroughputSettings(args.num_prompts, args.input_len, args.output_len, args.image_fraction,
-                                          args.image_tiles, args.hf_batch_size)
+            settings = ThroughputSettings(
+                num_prompts=args.num_prompts, input_len=args.input_len, output_len=args.output_len,
+                image_fraction=args.image_fraction, image_tiles=args.image_tiles,
+                hf_batch_sizes=tuple(args.hf_batch_size), prompts=args.prompts,
+                output_lens=tuple(args.output_lens) if args.output_lens else None, repeat=args.repeat,
+                seed=args.seed, prefix_caching=args.prefix_caching)
             results = run_throughput(source, settings, **options)
             report.print_throughput(results)
     if args.json:
@@ -263,9 +267,23 @@ def _add_bench_options(commands) -> None:
     latency.add_argument("--warmup", type=int, default=3, help="untimed TTFT runs and decode steps")
     latency.add_argument("--iters", type=int, default=5, help="timed TTFT runs (the median is reported)")
     throughput.add_argument("--num-prompts", type=int, default=64)
+    throughput.add_argument("--prompts", choices=["tokens", "chat"], default="tokens",
+                            help="tokens: --input-len random token ids, --image-fraction of them with one "
+                                 "--image-tiles image; chat: chat requests of 2-259 random words, one in three "
+                                 "with one random-pixel image of random size")
     throughput.add_argument("--input-len", type=int, default=128, help="prompt tokens, <|image|> and BOS included")
     throughput.add_argument("--image-fraction", type=float, default=0.5, help="share of prompts with one image")
-    throughput.add_argument("--hf-batch-size", type=int, default=16, help="transformers generate() batch size")
+    throughput.add_argument("--output-lens", type=int, nargs=2, metavar=("MIN", "MAX"),
+                            help="instead of --output-len: each request wants its own number of new tokens, drawn "
+                                 "uniformly from [MIN, MAX] with --seed (as requests that end at different EOS)")
+    throughput.add_argument("--seed", type=int, default=0, help="draws the prompts and --output-lens")
+    throughput.add_argument("--hf-batch-size", type=int, nargs="+", default=[16],
+                            help="transformers generate() batch sizes, each timed as its own entry")
+    throughput.add_argument("--repeat", type=int, default=1,
+                            help="timed runs per system (ours: a fresh engine each); the fastest undisturbed one "
+                                 "is reported")
+    throughput.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
+                            help="run vlmserve with enable_prefix_caching=False")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,8 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_to_serve(argv: list[str]) -> list[str]:
+    """Options with no command before them are serve's (`vlmserve --port 8001`); -h/--help stays the top-level
+    help."""
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        return ["serve", *argv]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(default_to_serve(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except (ValueError, OSError) as err:

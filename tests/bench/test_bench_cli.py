@@ -7,10 +7,13 @@ import sys
 import pytest
 import torch
 
+from vlmserve.bench.measure import OtherLoad, fastest_undisturbed
 from vlmserve.bench.model_source import SHIPPED_CONFIGS, deep_merge, resolve_model, shipped_configs
 from vlmserve.bench.roofline import decode_step_bytes, text_decoder_weight_bytes
+from vlmserve.bench.synthetic import synthetic_chats
+from vlmserve.bench.throughput import ThroughputSettings
 from vlmserve.cli import main
-from vlmserve.models.registry import resolve_model_family
+from vlmserve.families import resolve_model_family
 
 TOY_11B = {
     "text_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -60,11 +63,67 @@ def test_throughput_beside_transformers(tmp_path, capsys):
     assert "output tok/s" in capsys.readouterr().out
     results = json.loads(out.read_text())
     assert results["num_image_prompts"] == 2
-    for name in ("vlmserve", "transformers"):
-        system = results[name]
+    ours, [theirs] = results["vlmserve"], results["transformers"]
+    for system in (ours, theirs):
         assert system["output_tokens"] == 16 and system["prompt_tokens"] == 80
         assert system["output_tokens_per_s"] > 0 and system["total_tokens_per_s"] > system["output_tokens_per_s"]
+        assert len(system["all_seconds"]) == 1
+    assert ours["prompt_len_range"] == [20, 20] and ours["images_encoded"] == 2
+    assert theirs["batch_size"] == 2 and theirs["generate_calls"] == [2, 2]  # text-only and image prompts apart
+    assert (theirs["identical_text_only"], theirs["identical_with_image"]) == (2, 2)
     assert results["comparison"]["identical_completions"] == 4 and results["comparison"]["throughput_ratio"] > 0
+
+
+def test_throughput_of_chats_of_mixed_lengths_beside_two_transformers_batch_sizes(tmp_path, capsys):
+    """The workload of the 154M comparison in benchmarks/README.md, shrunk: chat requests, each wanting its own
+    number of tokens, two timed runs per system, transformers at two batch sizes."""
+    out = tmp_path / "throughput.json"
+    code = main(["bench", "throughput", *TOY, "--prompts", "chat", "--num-prompts", "5", "--output-lens", "2", "6",
+                 "--repeat", "2", "--hf-batch-size", "1", "4", "--compare-hf", "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "5 chat prompts (2 with one image of random size)" in table and "transformers, batch 4" in table
+    results = json.loads(out.read_text())
+    lengths = ThroughputSettings(num_prompts=5, output_lens=(2, 6)).output_lengths()
+    ours, theirs = results["vlmserve"], results["transformers"]
+    assert ours["output_tokens"] == sum(lengths) and 2 <= min(lengths) <= max(lengths) <= 6
+    assert [entry["batch_size"] for entry in theirs] == [1, 4]
+    for system in (ours, *theirs):
+        assert len(system["all_seconds"]) == 2 and system["seconds"] in system["all_seconds"]
+        assert system["output_tokens"] == sum(lengths)
+    assert ours["images_encoded"] == 2 and ours["prefix_cache_queried_tokens"] >= ours["prompt_tokens"] - 5
+    assert theirs[0]["generate_calls"] == [1] * 5
+    assert all(entry["identical_completions"] == 5 for entry in theirs)
+    assert results["host"]["torch_threads"] >= 1
+
+
+def test_chat_prompts_are_fixed_by_the_seed():
+    chats = synthetic_chats(6, seed=0)
+    again = synthetic_chats(6, seed=0)
+    assert [c[0]["content"][-1]["text"] for c in chats] == [c[0]["content"][-1]["text"] for c in again]
+    assert [len(c[0]["content"]) for c in chats] == [1, 2, 1, 1, 2, 1]  # one image in three, from the second
+    assert chats[1][0]["content"][0]["type"] == "image"
+    assert synthetic_chats(6, seed=1)[0] != chats[0]
+
+
+def test_the_fastest_undisturbed_run_is_reported():
+    runs = [{"seconds": 1.0, "other_busy_cores": 0.9}, {"seconds": 2.0, "other_busy_cores": 0.0},
+            {"seconds": 3.0, "other_busy_cores": None}]
+    assert fastest_undisturbed(runs)["seconds"] == 2.0
+    assert fastest_undisturbed(runs[:1])["seconds"] == 1.0  # every run disturbed: the fastest
+    with OtherLoad() as load:
+        sum(range(10_000))
+    assert load.value is None or load.value >= 0
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--output-lens", "5", "2"], "--output-lens MIN MAX needs 1 <= MIN <= MAX"),
+    (["--repeat", "0"], "must be >= 1"),
+    (["--hf-batch-size", "4", "0"], "must be >= 1"),
+])
+def test_bad_throughput_settings_are_clear_errors(options, message, capsys):
+    assert main(["bench", "throughput", *TOY, *options]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_config_without_weights_needs_dummy(capsys):

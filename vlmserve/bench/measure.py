@@ -1,9 +1,17 @@
-"""Clocks and memory gauges that mean the same on every device: CUDA work is synchronised before a clock is read."""
+"""Clocks and memory gauges that mean the same on every device (CUDA work is synchronised before a clock is read),
+and the load other processes put on the machine while a timing runs."""
 
+import datetime
+import gc
+import os
+import platform
 import resource
 import time
+from typing import Self
 
 import torch
+
+BUSY_LIMIT = 0.15  # cores kept busy by other processes above which a timing counts as disturbed
 
 
 def synchronize(device: torch.device) -> None:
@@ -43,3 +51,54 @@ def copy_bandwidth(device: torch.device, num_bytes: int | None = None, iters: in
         target.copy_(source)
     elapsed = now(device) - start
     return 2 * num_bytes * iters / elapsed
+
+
+def release_memory() -> None:
+    """Free what the caller dropped (an engine and its KV pool) before the next model allocates."""
+    gc.collect()
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
+
+
+def host() -> dict:
+    """What a run's timings come from: the day, the processor, torch's thread count."""
+    return {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy clock ticks of the whole machine, clock ticks of this process), from Linux /proc."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return sum(fields) - fields[3] - fields[4], int(own[11]) + int(own[12])  # less idle, iowait; utime + stime
+
+
+class OtherLoad:
+    """Cores kept busy by other processes while the block runs: `value`, None where /proc is missing. On a few
+    cores a concurrent process can make a timing several times slower (torch's threads spin)."""
+
+    def __enter__(self) -> Self:
+        self.start, self.value = time.perf_counter(), None
+        try:
+            self.ticks = _cpu_ticks()
+        except OSError:
+            self.ticks = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.ticks is not None:
+            (busy0, own0), (busy1, own1) = self.ticks, _cpu_ticks()
+            seconds = time.perf_counter() - self.start
+            self.value = max(0.0, ((busy1 - busy0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / seconds)
+
+
+def is_disturbed(other_busy_cores: float | None) -> bool:
+    return other_busy_cores is not None and other_busy_cores > BUSY_LIMIT
+
+
+def fastest_undisturbed(runs: list[dict]) -> dict:
+    """Of runs holding `seconds` and `other_busy_cores`: the fastest that no other process disturbed, else the
+    fastest."""
+    clean = [run for run in runs if not is_disturbed(run["other_busy_cores"])]
+    return min(clean or runs, key=lambda run: run["seconds"])

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from vlmserve.bench.measure import BUSY_LIMIT
+
 GB = 1e9
 
 
@@ -50,21 +52,56 @@ def print_latency(results: dict) -> None:
 
 
 def print_throughput(results: dict) -> None:
-    model, settings = results["model"], results["settings"]
+    model, settings, ours = results["model"], results["settings"], results["vlmserve"]
+    host = results["host"]
     print(f"vlmserve bench throughput: {_model_line(model)}")
-    print(f"{settings['num_prompts']} prompts of {settings['input_len']} tokens ({results['num_image_prompts']} with "
-          f"one {settings['image_tiles']}-tile image), {settings['output_len']} new tokens each\n")
-    rows = []
-    for name in ("vlmserve", "transformers"):
-        system = results.get(name)
-        if system:
-            rows.append((name if name == "vlmserve" else f"transformers, batch {system['batch_size']}",
-                         system["seconds"], system["output_tokens_per_s"], system["total_tokens_per_s"]))
-    _table(["system", "wall s", "output tok/s", "total tok/s"], rows)
-    compare = results.get("comparison")
-    if compare:
-        print(f"throughput ratio vlmserve / transformers: {compare['throughput_ratio']:.2f}x; identical greedy "
-              f"completions {compare['identical_completions']}/{settings['num_prompts']}")
+    print(f"{_prompts_line(settings, results['num_image_prompts'])}; prompts of {ours['prompt_len_range'][0]}-"
+          f"{ours['prompt_len_range'][1]} tokens ({ours['prompt_tokens']} in all), {_output_line(settings)} "
+          f"({ours['output_tokens']} in all); {host['torch_threads']} torch threads on {host['machine']}")
+    if settings["repeat"] > 1:
+        print(f"each system's fastest of {settings['repeat']} runs that no other process disturbed (the fastest of "
+              "all where every run was); vlmserve: a fresh engine per run")
+    print()
+    peers = results.get("transformers", [])
+    rows = [_throughput_row("vlmserve", ours, "-", "-")]
+    rows += [_throughput_row(f"transformers, batch {peer['batch_size']}", peer, _ratio(peer["throughput_ratio"]),
+                             f"{peer['identical_completions']}/{settings['num_prompts']}") for peer in peers]
+    _table(["system", "wall s", "all runs s", "output tok/s", "total tok/s", "ours/this", "identical",
+            "other busy cores"], rows)
+    print(f"\nvlmserve's prefix cache hit {ours['prefix_cache_hit_tokens']}/{ours['prefix_cache_queried_tokens']} "
+          f"prompt tokens; {ours['images_encoded']} images encoded")
+    for peer in peers:
+        print(f"transformers, batch {peer['batch_size']}: {len(peer['generate_calls'])} generate() calls (text-only "
+              f"and image prompts apart, left-padded); identical greedy completions: text-only "
+              f"{peer['identical_text_only']}, with image {peer['identical_with_image']}")
+    if peers:
+        compare = results["comparison"]
+        print(f"throughput ratio vlmserve / fastest transformers (batch {compare['batch_size']}): "
+              f"{compare['throughput_ratio']:.2f}x")
+    if any(system["undisturbed_runs"] < len(system["all_seconds"]) for system in [ours, *peers]):
+        print(f"warning: other processes kept more than {BUSY_LIMIT} cores busy during some runs: timings that "
+              "share the cores are not comparable; rerun on an idle machine")
+
+
+def _prompts_line(settings: dict, num_image_prompts: int) -> str:
+    if settings["prompts"] == "chat":
+        return f"{settings['num_prompts']} chat prompts ({num_image_prompts} with one image of random size)"
+    return (f"{settings['num_prompts']} token prompts ({num_image_prompts} with one {settings['image_tiles']}-tile "
+            "image)")
+
+
+def _output_line(settings: dict) -> str:
+    if settings["output_lens"]:
+        low, high = settings["output_lens"]
+        return f"{low}-{high} new tokens per prompt"
+    return f"{settings['output_len']} new tokens each"
+
+
+def _throughput_row(name: str, system: dict, ratio: str, identical: str) -> tuple:
+    busy = system["other_busy_cores"]
+    return (name, system["seconds"], " ".join(f"{s:.2f}" for s in system["all_seconds"]),
+            system["output_tokens_per_s"], system["total_tokens_per_s"], ratio, identical,
+            "n/a" if busy is None else f"{busy:.2f}")
 
 
 def _model_line(model: dict) -> str:

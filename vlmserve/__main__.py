@@ -1,0 +1,7 @@
+"""`python -m vlmserve ...`: the `vlmserve` command."""
+
+import sys
+
+from vlmserve.cli import main
+
+sys.exit(main())
