@@ -1,26 +1,14 @@
 """The public Python API end to end on the tiny demo checkpoint (real tokenizer, random weights)."""
 
-import base64
-import io
-
 import pytest
 from PIL import Image
 
+from tests.helpers import png_bytes, png_data_url
 from vlmserve import LLM, SamplingParams
 from vlmserve.engine.input_processor import InputError
 from vlmserve.multimodal.inputs import ImageInputError
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-
-
-def png_bytes(size=(40, 30), color=(200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_url(size=(40, 30), color=(200, 30, 30)) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(size, color)).decode()
 
 
 def image_message(url: str, text: str) -> list[dict]:
@@ -40,9 +28,9 @@ def test_generate_returns_text_tokens_and_reasons(demo_llm):
 
 def test_batched_greedy_equals_each_request_alone(demo_llm, tmp_path):
     path = tmp_path / "img.png"
-    path.write_bytes(png_bytes((90, 50), (10, 200, 90)))
+    path.write_bytes(png_bytes(size=(90, 50), color=(10, 200, 90)))
     conversations = [
-        image_message(data_url(), "What colour is this?"),
+        image_message(png_data_url(color=(200, 30, 30)), "What colour is this?"),
         [{"role": "user", "content": "Tell me a story about a boat."}],
         image_message(str(path), "Describe it."),
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
@@ -55,8 +43,8 @@ def test_batched_greedy_equals_each_request_alone(demo_llm, tmp_path):
 
 
 def test_images_change_the_answer(demo_llm):
-    red = demo_llm.chat(image_message(data_url(color=(255, 0, 0)), "Colour?"), GREEDY, use_tqdm=False)[0]
-    blue = demo_llm.chat(image_message(data_url(color=(0, 0, 255)), "Colour?"), GREEDY, use_tqdm=False)[0]
+    red = demo_llm.chat(image_message(png_data_url(color=(255, 0, 0)), "Colour?"), GREEDY, use_tqdm=False)[0]
+    blue = demo_llm.chat(image_message(png_data_url(color=(0, 0, 255)), "Colour?"), GREEDY, use_tqdm=False)[0]
     assert red.prompt_token_ids == blue.prompt_token_ids
     assert red.outputs[0].token_ids != blue.outputs[0].token_ids
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from vlmserve.config import EngineConfig
 from vlmserve.models.tiny import ensure_demo_model, write_tiny_checkpoint
 from vlmserve.planning import add_plan_parser
 
@@ -14,9 +15,11 @@ def _add_model_options(parser: argparse.ArgumentParser,
                        model_help: str = "model directory (Hugging Face layout); default: the tiny random demo model"
                        ) -> None:
     parser.add_argument("--model", help=model_help)
-    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
+    # Engine options default to EngineConfig's fields: the one place engine defaults are written.
+    parser.add_argument("--dtype", default=EngineConfig.dtype,
+                        help="auto, bfloat16, float16 or float32 (default: %(default)s)")
+    parser.add_argument("--device", default=EngineConfig.device, help="auto, cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--load-format", default=EngineConfig.load_format, choices=["auto", "safetensors", "dummy"])
     parser.add_argument("--transformers-compat", action="store_true",
                         help="reproduce transformers 5.x instead of Meta's reference where they differ")
     parser.add_argument("--enforce-eager", action="store_true",
@@ -24,9 +27,9 @@ def _add_model_options(parser: argparse.ArgumentParser,
 
 
 def _add_parallel_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1,
+    parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=EngineConfig.tensor_parallel_size,
                         help="split the model over N processes, one device each (spawned here, or started by "
-                             "torchrun: see README)")
+                             "torchrun: see README; default: %(default)s)")
 
 
 def _resolve_model(args) -> str:
@@ -86,7 +89,6 @@ def cmd_serve(args) -> NoReturn:
 
 
 def _add_serve_options(serve: argparse.ArgumentParser) -> None:
-    from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
     from vlmserve.server import config as limits
 
     serve.add_argument("--host", default="127.0.0.1")
@@ -97,10 +99,13 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--pricing", help="JSON price table (see README); default: $0.35/$0.40 per 1M tokens in/out, "
                                          "$0.0005058 per image")
     serve.add_argument("--max-model-len", type=int, help="context length (default: the model's, if the KV cache fits)")
-    serve.add_argument("--max-num-seqs", type=int, default=256, help="sequences generated at once")
-    serve.add_argument("--max-num-batched-tokens", type=int, default=8192, help="tokens per engine step")
+    serve.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
+                       help="sequences generated at once (default: %(default)s)")
+    serve.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens,
+                       help="tokens per engine step (default: %(default)s)")
     serve.add_argument("--num-kv-blocks", type=int, help="KV-cache blocks (default: sized from memory)")
-    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    serve.add_argument("--gpu-memory-utilization", type=float, default=EngineConfig.gpu_memory_utilization,
+                       help="share of GPU memory for weights and KV cache (default: %(default)s)")
     serve.add_argument("--max-queue", type=int, default=limits.DEFAULT_MAX_QUEUE,
                        help="sequences (n per request) admitted beyond --max-num-seqs; more get 429 with Retry-After")
     serve.add_argument("--max-prompt-chars", type=int,
@@ -110,9 +115,11 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--max-images-per-request", type=int, default=limits.DEFAULT_MAX_IMAGES_PER_REQUEST)
     serve.add_argument("--max-image-bytes", type=int, default=limits.DEFAULT_MAX_IMAGE_BYTES,
                        help="largest image, fetched or inline")
-    serve.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS)
-    serve.add_argument("--max-request-pixels", type=int, default=DEFAULT_MAX_REQUEST_PIXELS,
-                       help="all of a request's images together, checked from their headers before decoding")
+    serve.add_argument("--max-image-pixels", type=int, default=EngineConfig.max_image_pixels,
+                       help="largest image, width x height (default: %(default)s)")
+    serve.add_argument("--max-request-pixels", type=int, default=EngineConfig.max_request_pixels,
+                       help="all of a request's images together, checked from their headers before decoding "
+                            "(default: %(default)s)")
     serve.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds per image URL")
     serve.add_argument("--allow-private-image-urls", action="store_true",
                        help="let image URLs reach loopback and private networks (trusted clients only)")
@@ -217,9 +224,9 @@ def cmd_bench(args) -> int:
     from vlmserve.bench import report
     from vlmserve.bench.model_source import resolve_model
 
-    options = dict(dtype=args.dtype, device=args.device, load_format=args.load_format,
-                   transformers_compat=args.transformers_compat, compare_hf=args.compare_hf,
-                   enforce_eager=args.enforce_eager)
+    options = {"dtype": args.dtype, "device": args.device, "load_format": args.load_format,
+               "transformers_compat": args.transformers_compat, "compare_hf": args.compare_hf,
+               "enforce_eager": args.enforce_eager}
     with resolve_model(_resolve_model(args), load_format=args.load_format, hf_overrides=args.hf_overrides) as source:
         if args.bench == "latency":
             from vlmserve.bench.latency import LatencySettings, run_latency
@@ -237,7 +244,7 @@ def cmd_bench(args) -> int:
                 hf_batch_sizes=tuple(args.hf_batch_size), prompts=args.prompts,
                 output_lens=tuple(args.output_lens) if args.output_lens else None, repeat=args.repeat,
                 seed=args.seed, prefix_caching=args.prefix_caching)
-            results = run_throughput(source, settings, **options)
+            results = run_throughput(source, settings, **options, hf_only=args.hf_only)
             report.print_throughput(results)
     if args.json:
         report.write_json(results, args.json)
@@ -284,6 +291,9 @@ def _add_bench_options(commands) -> None:
                                  "is reported")
     throughput.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
                             help="run vlmserve with enable_prefix_caching=False")
+    throughput.add_argument("--hf-only", action="store_true",
+                            help="time transformers alone (implies --compare-hf); our engine is built once, "
+                                 "untimed, for the weights and inputs transformers gets")
 
 
 def build_parser() -> argparse.ArgumentParser:

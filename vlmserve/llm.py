@@ -9,8 +9,8 @@ from tqdm import tqdm
 
 from vlmserve.config import EngineConfig
 from vlmserve.engine.input_processor import PreparedInput
-from vlmserve.engine.llm_engine import LLMEngine
-from vlmserve.engine.outputs import RequestOutput
+from vlmserve.engine.llm_engine import build_engine
+from vlmserve.engine.outputs import OutputCollector, RequestOutput
 from vlmserve.sampling_params import SamplingParams
 
 
@@ -24,11 +24,12 @@ class LLM:
     under torchrun, the processes torchrun started; see README). `shutdown()` stops them; so does exiting.
     """
 
-    def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", load_format: str = "auto",
-                 transformers_compat: bool = False, **engine_options):
+    def __init__(self, model: str, *, dtype: str = EngineConfig.dtype, device: str = EngineConfig.device,
+                 load_format: str = EngineConfig.load_format,
+                 transformers_compat: bool = EngineConfig.transformers_compat, **engine_options):
         config = EngineConfig(model=str(model), dtype=dtype, device=device, load_format=load_format,
                               transformers_compat=transformers_compat, **engine_options)
-        self.engine = LLMEngine(config)
+        self.engine = build_engine(config)
         self._request_ids = itertools.count()
 
     def shutdown(self) -> None:
@@ -36,13 +37,14 @@ class LLM:
         self.engine.shutdown()
 
     def get_tokenizer(self):
+        """The model's tokenizer (encode, decode, special token ids)."""
         return self.engine.tokenizer
 
     def generate(self, prompts, sampling_params=None, *, use_tqdm: bool = True) -> list[RequestOutput]:
         """Each prompt: a string, {"prompt": str, "images": [...]} or {"prompt_token_ids": [...], "images": [...]}."""
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
-        process = self.engine.input_processor.process_prompt
+        process = self.engine.process_prompt
         return self._run([functools.partial(process, p) for p in prompts], sampling_params, use_tqdm)
 
     def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True, add_generation_prompt: bool = True,
@@ -51,7 +53,7 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         options = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
                        date_string=date_string)
-        process = self.engine.input_processor.process_chat
+        process = self.engine.process_chat
         return self._run([functools.partial(process, c, **options) for c in conversations], sampling_params,
                          use_tqdm)
 
@@ -62,20 +64,19 @@ class LLM:
         params = _per_prompt(sampling_params, len(prepare))
         ids = [str(next(self._request_ids)) for _ in prepare]
         pending = list(zip(ids, prepare, params))[::-1]
-        finished: dict[str, RequestOutput] = {}
+        collectors = {request_id: OutputCollector() for request_id in ids}
         with tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm) as progress:
             while pending or self.engine.has_unfinished_requests():
                 self._admit(pending, ids)
                 for output in self.engine.step():
-                    if output.finished:
-                        finished[output.request_id] = output
-                        progress.update(1)
-        return [finished[i] for i in ids]
+                    collectors[output.request_id].add(output)
+                    progress.update(output.finished)
+        return [collectors[i].result() for i in ids]
 
     def _admit(self, pending: list, ids: list[str]) -> None:
         """Add pending prompts while fewer than twice max_num_seqs requests are in the engine."""
         limit = 2 * self.engine.config.max_num_seqs
-        while pending and len(self.engine.requests) < limit:
+        while pending and self.engine.num_unfinished_requests() < limit:
             request_id, prepare, params = pending.pop()
             try:
                 self.engine.add_request(request_id, prepare(), params)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmserve.bench.model_source import resolve_model, shipped_configs
+from vlmserve.config import EngineConfig
 from vlmserve.distributed.sharding import (
     kv_heads_per_rank,
     parameter_specs,
@@ -107,7 +108,8 @@ class MemoryPlan:
 
 
 def plan_memory(model_config_dict: dict, tp_size: int, gpu_mem_bytes: int, *, dtype: str = "bfloat16",
-                gpu_memory_utilization: float = 0.9, block_size: int = 16, max_model_len: int | None = None,
+                gpu_memory_utilization: float = EngineConfig.gpu_memory_utilization,
+                block_size: int = EngineConfig.block_size, max_model_len: int | None = None,
                 prompt_len: int = 128, output_len: int = 256, image_tiles: int = 4,
                 activation_reserve_bytes: int = GiB, label: str | None = None) -> MemoryPlan:
     """Plan a Hugging Face config.json (as a dict) on `tp_size` GPUs; invalid settings raise ValueError."""
@@ -225,7 +227,8 @@ def _assumptions(plan: MemoryPlan) -> list[str]:
         f"  the usable share holds the rank's weights, {_gib(plan.activation_reserve_bytes)} GiB of activations, then "
         f"KV blocks of {plan.block_size} tokens.",
         f"An image request: {plan.prompt_len} text + {plan.output_len} output tokens + {image}.",
-        "The engine runs at most --max-num-seqs (default 256) sequences at once, however many fit.",
+        f"The engine runs at most --max-num-seqs (default {EngineConfig.max_num_seqs}) sequences at once, however "
+        "many fit.",
         "Sharded: decoder attention and MLPs, vocabulary rows, vision encoder layers; replicated: norms, vision "
         "embeddings, projector.",
     ]
@@ -240,8 +243,10 @@ def add_plan_parser(commands) -> None:
     plan.add_argument("--tp", type=int, nargs="+", default=[1], help="tensor parallel size(s), one column each")
     plan.add_argument("--gpu-mem", required=True, help="memory of one GPU: 80GiB, 80GB, '141 GiB', 24000MiB")
     plan.add_argument("--dtype", default="bfloat16", help="auto, bfloat16, float16 or float32")
-    plan.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    plan.add_argument("--block-size", type=int, default=16)
+    plan.add_argument("--gpu-memory-utilization", type=float, default=EngineConfig.gpu_memory_utilization,
+                      help="as serve's (default: %(default)s)")
+    plan.add_argument("--block-size", type=int, default=EngineConfig.block_size,
+                      help="tokens per KV block, as the engine's (default: %(default)s)")
     plan.add_argument("--prompt-len", type=int, default=128, help="text tokens of a request, chat template included")
     plan.add_argument("--output-len", type=int, default=256, help="tokens generated per request")
     plan.add_argument("--image-tiles", type=int, default=4, help="tiles of the image in each request")

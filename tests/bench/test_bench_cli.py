@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from vlmserve.bench.measure import OtherLoad, fastest_undisturbed
-from vlmserve.bench.model_source import SHIPPED_CONFIGS, deep_merge, resolve_model, shipped_configs
+from vlmserve.bench.model_source import (
+    SHIPPED_CONFIGS,
+    deep_merge,
+    resolve_model,
+    shipped_configs,
+)
 from vlmserve.bench.roofline import decode_step_bytes, text_decoder_weight_bytes
 from vlmserve.bench.synthetic import synthetic_chats
 from vlmserve.bench.throughput import ThroughputSettings
@@ -95,6 +100,22 @@ def test_throughput_of_chats_of_mixed_lengths_beside_two_transformers_batch_size
     assert theirs[0]["generate_calls"] == [1] * 5
     assert all(entry["identical_completions"] == 5 for entry in theirs)
     assert results["host"]["torch_threads"] >= 1
+
+
+def test_throughput_of_transformers_alone(tmp_path, capsys):
+    """--hf-only (the old script's --only hf): transformers is timed, our engine only lends it weights and inputs."""
+    out = tmp_path / "throughput.json"
+    code = main(["bench", "throughput", *TOY, "--num-prompts", "3", "--input-len", "20", "--output-len", "3",
+                 "--hf-batch-size", "2", "--hf-only", "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "transformers, batch 2" in table and "vlmserve's prefix cache" not in table
+    results = json.loads(out.read_text())
+    assert "vlmserve" not in results and "comparison" not in results
+    assert results["model"]["transformers_compat"] is True
+    [theirs] = results["transformers"]
+    assert theirs["output_tokens"] == 9 and theirs["prompt_len_range"] == [20, 20] and theirs["seconds"] > 0
+    assert "identical_completions" not in theirs
 
 
 def test_chat_prompts_are_fixed_by_the_seed():

@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.server.helpers import MODEL, REPO, LiveServer, free_port, image_message, png_data_url
+from tests.helpers import png_data_url
+from tests.server.helpers import MODEL, REPO, LiveServer, free_port, image_message
 from vlmserve import LLM, SamplingParams
 from vlmserve.distributed import launch
 from vlmserve.engine.model_runner import ModelRunner
@@ -62,7 +63,7 @@ def test_a_worker_fed_only_the_pickled_steps_computes_the_logits_of_rank_0(famil
         return pairs[-1][-1]
 
     runner.send_step, runner.execute = send, execute
-    llm.chat([chat(), chat(png_data_url((20, 50), (10, 200, 10)))], GREEDY, use_tqdm=False)
+    llm.chat([chat(), chat(png_data_url(size=(20, 50), color=(10, 200, 10)))], GREEDY, use_tqdm=False)
     assert len(pairs) > 8 and all(theirs is None for theirs, ours in pairs if ours is None)
     assert all(torch.equal(theirs, ours) for theirs, ours in pairs if ours is not None)
     assert worker.vision.num_images_encoded == runner.vision.num_images_encoded == 2
@@ -79,13 +80,14 @@ def test_torchrun_world_must_match_the_tensor_parallel_size(monkeypatch):
 
 
 def test_tp2_mllama_chat_with_an_image_matches_one_rank(demo_model_dir, demo_llm):
-    conversations = [chat(), chat(png_data_url((20, 50), (10, 200, 10))), [image_message("No picture here.")]]
+    conversations = [chat(), chat(png_data_url(size=(20, 50), color=(10, 200, 10))),
+                     [image_message("No picture here.")]]
     expected = [o.outputs[0].token_ids for o in demo_llm.chat(conversations, GREEDY, use_tqdm=False)]
     assert tp_tokens(demo_model_dir, 2, conversations) == expected
 
 
 def test_tp2_llama4_chunked_prefill_with_an_image_matches_one_rank(served_llama4):
-    conversations = [chat(png_data_url((60, 33), (90, 20, 160)))]
+    conversations = [chat(png_data_url(size=(60, 33), color=(90, 20, 160)))]
     options = dict(max_num_batched_tokens=16)  # the image's features reach the workers over several steps
     assert tp_tokens(served_llama4.path, 2, conversations, **options) == tp_tokens(
         served_llama4.path, 1, conversations, **options)

@@ -13,6 +13,7 @@ from transformers import MllamaConfig, MllamaForConditionalGeneration
 
 from tests.conftest import TINY_CONFIGS, randomize_gates
 from tests.distributed.tp_worker import TP_SIZES, WORLD_SIZE, Job, worker
+from tests.helpers import REL_TOL, relative_error
 from tests.models.llama4_checkpoints import (
     build_hf_config,
     pixel_values,
@@ -32,7 +33,6 @@ from vlmserve.families import resolve_model_family
 from vlmserve.models import loader
 from vlmserve.models.loader import load_model, read_config
 
-REL_TOL = 1e-5
 # Vocabularies no TP size divides, so the padded rows of the embedding and the LM head are exercised.
 MLLAMA_VOCAB, LLAMA4_VOCAB = 301, 303
 
@@ -84,10 +84,7 @@ def results(jobs, tmp_path_factory) -> list[dict]:
     return [torch.load(out / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).norm() / ref.norm()).item()
-
-
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["mllama", "llama4"])
 @pytest.mark.parametrize("size", [n for n in TP_SIZES if n > 1])
 def test_tp_matches_one_rank(results, name, size):

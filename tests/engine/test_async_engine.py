@@ -7,7 +7,8 @@ import pytest
 from vlmserve import SamplingParams
 from vlmserve.config import EngineConfig
 from vlmserve.engine.async_engine import AsyncLLMEngine, EngineDeadError
-from vlmserve.engine.llm_engine import LLMEngine
+from vlmserve.engine.llm_engine import build_engine
+from vlmserve.engine.outputs import OutputCollector
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 PROMPTS = ["Hello there", "Tell me a story about a boat.", "What is 2 + 2?", "Bonjour"]
@@ -15,7 +16,7 @@ PROMPTS = ["Hello there", "Tell me a story about a boat.", "What is 2 + 2?", "Bo
 
 @pytest.fixture(scope="module")
 def engine(demo_model_dir):
-    return LLMEngine(EngineConfig(model=str(demo_model_dir), dtype="float32", device="cpu", num_kv_blocks=64))
+    return build_engine(EngineConfig(model=str(demo_model_dir), dtype="float32", device="cpu", num_kv_blocks=64))
 
 
 def run_sync(engine, prompts, params):
@@ -23,10 +24,11 @@ def run_sync(engine, prompts, params):
     ids = [f"sync-{i}" for i in range(len(prompts))]
     for request_id, prompt in zip(ids, prompts):
         engine.add_request(request_id, engine.input_processor.process_prompt(prompt), params)
-    finished = {}
+    collectors = {request_id: OutputCollector() for request_id in ids}
     while engine.has_unfinished_requests():
-        finished.update((o.request_id, o) for o in engine.step() if o.finished)
-    return [finished[i].outputs[0] for i in ids]
+        for output in engine.step():
+            collectors[output.request_id].add(output)
+    return [collectors[i].result().outputs[0] for i in ids]
 
 
 def run(engine, body):

@@ -20,7 +20,7 @@ def admit(manager: BlockManager, seq: Sequence) -> list[int]:
     """What the scheduler does for a new sequence: take its cached prefix, then blocks for the rest."""
     hits = manager.cached_prefix(seq)
     assert manager.can_allocate(seq, seq.num_tokens, hits)
-    manager.allocate(seq, seq.num_tokens, hits)
+    seq.num_computed_tokens += manager.allocate(seq, seq.num_tokens, hits)
     return hits
 
 
@@ -163,3 +163,15 @@ def test_can_allocate_counts_new_and_revived_images():
     assert not manager.can_allocate(seq, seq.num_tokens)
     small = image_seq(["cat"])
     assert manager.can_allocate(small, small.num_tokens)
+
+
+def test_allocate_reports_the_cached_tokens_and_leaves_counting_them_to_the_scheduler():
+    manager = BlockManager(num_blocks=10, block_size=4)
+    first, second = make_seq(list(range(10))), make_seq(list(range(10)) + [50])
+    admit(manager, first)
+    hits = manager.cached_prefix(second)
+    assert manager.allocate(second, second.num_tokens, hits) == 8 and second.num_computed_tokens == 0
+    assert manager.allocate(second, second.num_tokens) == 0
+    second.num_computed_tokens = 11
+    manager.free(second)
+    assert second.block_table == [] and second.num_computed_tokens == 11

@@ -1,21 +1,16 @@
 """Llama 4 through the engine (chat format, image processor, early-fusion image features, chunked prefill, prefix
 caching) against transformers' generate on the same token ids and pixels."""
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import random_image
 from tests.llama4_served import PATCH_TOKEN
 from vlmserve import LLM, SamplingParams
 from vlmserve.bench.model_source import resolve_model
 from vlmserve.engine.sequence import Sequence
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-
-
-def noise_image(height: int, width: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def chat(text: str, *images: Image.Image) -> list[dict]:
@@ -25,10 +20,10 @@ def chat(text: str, *images: Image.Image) -> list[dict]:
 
 
 CONVERSATIONS = [
-    chat("Describe the picture in detail.", noise_image(40, 90, 0)),  # 2 x 3 tiles + global
-    chat("Which one is brighter?", noise_image(30, 30, 1), noise_image(70, 50, 2)),
+    chat("Describe the picture in detail.", random_image(40, 90, 0)),  # 2 x 3 tiles + global
+    chat("Which one is brighter?", random_image(30, 30, 1), random_image(70, 50, 2)),
     chat("Say hello in three languages."),
-    chat("And what about this one?", noise_image(40, 90, 0)),  # the first image again
+    chat("And what about this one?", random_image(40, 90, 0)),  # the first image again
 ]
 
 
@@ -51,6 +46,7 @@ def test_chat_prompt_expands_each_image_into_its_tile_layout(llm):
     assert prepared.multimodal.pixel_values.shape == (7, 3, 28, 28)
 
 
+@pytest.mark.parity
 def test_batched_chunked_greedy_equals_transformers(llm, served_llama4):
     outputs = llm.chat(CONVERSATIONS, GREEDY, use_tqdm=False)
     for conversation, output in zip(CONVERSATIONS, outputs):
@@ -63,7 +59,7 @@ def test_batched_chunked_greedy_equals_transformers(llm, served_llama4):
 
 
 def test_prefix_cache_hit_on_a_shared_image_prompt_gives_the_same_tokens(llm):
-    conversation = chat("Count the colours.", noise_image(60, 60, 5))
+    conversation = chat("Count the colours.", random_image(60, 60, 5))
     first = llm.chat(conversation, GREEDY, use_tqdm=False)[0]
     before = llm.engine.stats()
     second = llm.chat(conversation, GREEDY, use_tqdm=False)[0]
@@ -75,14 +71,14 @@ def test_prefix_cache_hit_on_a_shared_image_prompt_gives_the_same_tokens(llm):
 
 def test_images_are_encoded_once_per_request_and_their_features_released(llm):
     before = llm.engine.stats().num_images_encoded
-    llm.chat(chat("Two views.", noise_image(33, 80, 8), noise_image(50, 20, 9)), GREEDY, use_tqdm=False)
+    llm.chat(chat("Two views.", random_image(33, 80, 8), random_image(50, 20, 9)), GREEDY, use_tqdm=False)
     assert llm.engine.stats().num_images_encoded - before == 2
     assert llm.engine.runner.vision.features == {}
 
 
 def test_prompt_with_patch_tokens_of_its_own_is_refused(llm):
     with pytest.raises(ValueError, match="<\\|patch\\|>"):
-        llm.generate({"prompt": "<|image|><|patch|> hi", "images": [noise_image(20, 20, 3)]}, GREEDY,
+        llm.generate({"prompt": "<|image|><|patch|> hi", "images": [random_image(20, 20, 3)]}, GREEDY,
                      use_tqdm=False)
 
 
@@ -120,6 +116,6 @@ def test_shipped_scout_config_serves_an_image_chat_with_dummy_weights():
     source = resolve_model("llama-4-scout-17b-16e", load_format="dummy", hf_overrides=SMALL_SCOUT)
     llm = LLM(source.path, load_format="dummy", dtype="float32", device="cpu", num_kv_blocks=64)
     assert llm.get_tokenizer().family == "llama4" and llm.engine.model_config.text.vocab_size == 202048
-    output = llm.chat(chat("What is this?", noise_image(40, 60, 4)), GREEDY, use_tqdm=False)[0]
+    output = llm.chat(chat("What is this?", random_image(40, 60, 4)), GREEDY, use_tqdm=False)[0]
     assert len(output.outputs[0].token_ids) == GREEDY.max_tokens
     assert output.prompt_token_ids.count(PATCH_TOKEN) > 0

@@ -49,6 +49,13 @@ def token_ids(outputs) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in outputs]
 
 
+def sequences(engine, request_id: str) -> list:
+    """The scheduler's sequences of a request, by completion index."""
+    seqs = [s for s in [*engine.scheduler.running, *engine.scheduler.waiting] if s.request_id == request_id]
+    return sorted(seqs, key=lambda s: s.index)
+
+
+@pytest.mark.parity
 def test_mixed_batch_equals_each_request_alone_and_transformers(llm, checkpoint):
     prompts, params = [make_prompt(i) for i in range(16)], [make_params(i) for i in range(16)]
     together = token_ids(llm.generate(prompts, params, use_tqdm=False))
@@ -90,7 +97,7 @@ def test_n_completions_share_their_prompt_blocks(llm):
     prepared = engine.input_processor.process_prompt(make_prompt(6))
     engine.add_request("shared", prepared, SamplingParams(n=3, temperature=1.0, seed=1, max_tokens=4))
     engine.step()
-    tables = [c.seq.block_table for c in engine.requests["shared"].completions]
+    tables = [seq.block_table for seq in sequences(engine, "shared")]
     full_blocks = (len(prepared.prompt_token_ids) - 1) // 4
     assert full_blocks > 0 and tables[0][:full_blocks] == tables[1][:full_blocks] == tables[2][:full_blocks]
     while engine.has_unfinished_requests():
@@ -118,7 +125,7 @@ def test_same_image_is_encoded_once_and_counted_in_the_kv_budget(llm):
     engine.add_request("first", engine.input_processor.process_prompt(prompt), params)
     engine.step()
     blocks_per_image = engine.scheduler.block_manager.blocks_per_image
-    token_blocks = len(engine.requests["first"].completions[0].seq.block_table)
+    token_blocks = len(sequences(engine, "first")[0].block_table)
     assert blocks_per_image > 0
     assert engine.scheduler.block_manager.num_free_blocks == free_before - token_blocks - blocks_per_image
     while engine.has_unfinished_requests():

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
+from tests.helpers import png_bytes
 from vlmserve.evals.tasks.base import hashed_item_id
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60), "yellow": (230, 210, 30)}
@@ -36,12 +37,6 @@ def write_dataset(task_name: str, directory: Path, num_items: int, fmt: str = "p
     structs) or as JSONL (images as files beside, referenced by relative path)."""
     writer = WRITERS[task_name.removesuffix("_90b").removesuffix("_cot")]
     return writer(Path(directory), num_items, fmt, cot=task_name.endswith(("_cot", "_cot_90b")))
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def write_rows(directory: Path, folder: str, split: str, rows: list[dict], image_columns: list[str],
@@ -72,7 +67,7 @@ def write_rows(directory: Path, folder: str, split: str, rows: list[dict], image
 def _square(color: str, size: int = 48) -> bytes:
     image = Image.new("RGB", (size, size), "white")
     ImageDraw.Draw(image).rectangle([8, 8, size - 8, size - 8], fill=COLORS[color])
-    return png(image)
+    return png_bytes(image)
 
 
 def _text_image(lines: list[str], size=(240, 120)) -> bytes:
@@ -80,7 +75,7 @@ def _text_image(lines: list[str], size=(240, 120)) -> bytes:
     draw = ImageDraw.Draw(image)
     for number, line in enumerate(lines):
         draw.text((10, 10 + 18 * number), line, fill="black")
-    return png(image)
+    return png_bytes(image)
 
 
 def _vqav2(directory: Path, num_items: int, fmt: str, cot: bool) -> list[SyntheticItem]:

@@ -13,7 +13,7 @@ from tests.evals.stubs import ServedApp, StubEndpoint, error, request_identity
 from tests.evals.synthetic import write_dataset
 from tests.server.helpers import engine_config
 from vlmserve.engine.async_engine import AsyncLLMEngine
-from vlmserve.engine.llm_engine import LLMEngine
+from vlmserve.engine.llm_engine import build_engine
 from vlmserve.evals.endpoint import Endpoint
 from vlmserve.evals.runner import evaluate
 from vlmserve.evals.tasks import get_task
@@ -162,7 +162,7 @@ def test_our_server_on_the_tiny_model(data, demo_model_dir, tmp_path):
     """The real app in process on loopback: the run completes and every item is scored (the answers of random
     weights mean nothing)."""
     data_dir, _ = data
-    app = build_app(AsyncLLMEngine(LLMEngine(engine_config(demo_model_dir))), ServerConfig(served_model_name="tiny"))
+    app = build_app(AsyncLLMEngine(build_engine(engine_config(demo_model_dir))), ServerConfig(served_model_name="tiny"))
     with ServedApp(app) as served:
         results = evaluate([Endpoint(served.url, "tiny")], ["vqav2", "textvqa"], data_dir, tmp_path, limit=3,
                            **FAST)

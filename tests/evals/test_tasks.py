@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.evals.synthetic import png, write_dataset, write_rows
+from tests.evals.synthetic import write_dataset, write_rows
+from tests.helpers import png_bytes
 from vlmserve.evals.data import DataError, encode_image
 from vlmserve.evals.tasks import TASKS, get_task
 
@@ -132,7 +133,7 @@ def test_chartqa_reports_strict_and_lenient(tmp_path):
 
 
 def test_chartqa_reads_the_huggingfacem4_layout(tmp_path):
-    image = png(Image.new("RGB", (8, 8), "white"))
+    image = png_bytes(size=(8, 8), color="white")
     write_rows(tmp_path, "data", "test", [{"image": image, "query": "How many?", "label": ["7"],
                                             "human_or_machine": 1}], ["image"], "parquet")
     (item,) = TASKS["chartqa"].load(tmp_path)
@@ -141,7 +142,7 @@ def test_chartqa_reads_the_huggingfacem4_layout(tmp_path):
 
 
 def test_repeated_questions_on_one_image_get_distinct_stable_ids(tmp_path):
-    image = png(Image.new("RGB", (8, 8), "white"))
+    image = png_bytes(size=(8, 8), color="white")
     row = {"question": "Max?", "answer": "3", "image": image}
     write_rows(tmp_path, "data", "test", [row, row], ["image"], "parquet")
     first, second = (item.item_id for item in TASKS["chartqa"].load(tmp_path))

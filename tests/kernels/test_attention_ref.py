@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vlmserve.kernels.attention_ref import cross_attention, paged_attention, write_kv_cache
-from vlmserve.kernels.step_inputs import CrossInputs
+from vlmserve.kernels.step_inputs import CrossInputs, DeviceLens
 
 BLOCK_SIZE = 4
 
@@ -48,7 +48,8 @@ def test_paged_attention_matches_dense_attention(heads, kv_heads, q_lens, seq_le
     starts = [0]
     for q_len in q_lens:
         starts.append(starts[-1] + q_len)
-    out = paged_attention(torch.cat(queries), k_cache, v_cache, block_tables, seq_lens, starts, d**-0.5, chunk_size)
+    lens = DeviceLens.build(seq_lens, starts, block_tables.device)
+    out = paged_attention(torch.cat(queries), k_cache, v_cache, block_tables, lens, d**-0.5, chunk_size)
     expected = torch.cat([dense_causal_attention(q, k, v, d**-0.5, chunk_size)
                           for q, (k, v) in zip(queries, contexts)])
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

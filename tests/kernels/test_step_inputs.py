@@ -13,9 +13,11 @@ def test_device_lens_holds_the_lists_and_the_decodes():
     assert lens.num_decodes == 3
 
 
-def test_metadata_makes_device_lens_only_for_cuda_tensors():
-    metadata = AttentionMetadata([0, 1], [3], torch.zeros(1, 1, dtype=torch.int64), torch.tensor([2]))
-    assert metadata.device_lens is None
+def test_metadata_holds_the_lengths_on_the_block_tables_device_only():
+    metadata = AttentionMetadata.build([0, 1], [3], torch.zeros(1, 1, dtype=torch.int64), torch.tensor([2]))
+    assert metadata.lens.seq_lens.tolist() == [3] and metadata.lens.query_start_loc.tolist() == [0, 1]
+    assert metadata.lens.seq_lens.device == metadata.block_tables.device and metadata.num_seqs == 1
+    assert not hasattr(metadata, "seq_lens") and not hasattr(metadata, "query_start_loc")
 
 
 def test_cross_inputs_pack_each_layer_sequence_after_sequence():

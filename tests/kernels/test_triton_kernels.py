@@ -108,8 +108,7 @@ def batch_cases(triton_batch):
         for chunk_size in [None, 16]:
             yield (f"batch {name} chunk={chunk_size}",
                    triton_batch(q, k_cache, v_cache, tables, lens, scale, chunk_size),
-                   attention_ref.paged_attention(q, k_cache, v_cache, tables, seq_lens, query_start_loc, scale,
-                                                 chunk_size))
+                   attention_ref.paged_attention(q, k_cache, v_cache, tables, lens, scale, chunk_size))
 
 
 def cross_cases(triton_cross):
@@ -197,9 +196,8 @@ def test_dispatchers_run_the_twins_on_cpu(monkeypatch):
     device_lens = DeviceLens.build(seq_lens, starts, q.device)
     decode_rows = [0, 6]
     same = {
-        "paged_attention": (kernels.paged_attention(q, k_cache, v_cache, tables, seq_lens, starts, scale, 16,
-                                                    device_lens),
-                            attention_ref.paged_attention(q, k_cache, v_cache, tables, seq_lens, starts, scale, 16)),
+        "paged_attention": (kernels.paged_attention(q, k_cache, v_cache, tables, device_lens, scale, 16),
+                            attention_ref.paged_attention(q, k_cache, v_cache, tables, device_lens, scale, 16)),
         "paged_decode_attention": (
             kernels.paged_decode_attention(q[decode_rows], k_cache, v_cache, tables[[0, 2]], lens[[0, 2]], scale),
             attention_ref.paged_decode_attention(q[decode_rows], k_cache, v_cache, tables[[0, 2]], lens[[0, 2]],

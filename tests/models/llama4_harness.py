@@ -42,7 +42,7 @@ class PagedHarness:
             slots += [seq.block_table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in new]
             query_start_loc.append(len(input_ids))
         width = max(len(seq.block_table) for seq in seqs)
-        metadata = AttentionMetadata(
+        metadata = AttentionMetadata.build(
             query_start_loc=query_start_loc,
             seq_lens=[seq.num_computed + n for seq, n in zip(seqs, num_new)],
             block_tables=torch.tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs]),

@@ -6,17 +6,19 @@ import dataclasses
 import pytest
 import torch
 
-from tests.models.llama4_checkpoints import CHUNK_SIZE, PATCH, PROMPT_IMAGES, TINY_LLAMA4
+from tests.helpers import REL_TOL, relative_error
+from tests.models.llama4_checkpoints import (
+    CHUNK_SIZE,
+    PATCH,
+    PROMPT_IMAGES,
+    TINY_LLAMA4,
+)
 from tests.models.llama4_harness import PagedHarness, PagedSequence
 from vlmserve.models.llama4 import Llama4ForConditionalGeneration
 from vlmserve.models.loader import load_model
 
-REL_TOL = 1e-4
+pytestmark = pytest.mark.parity
 CASES = list(PROMPT_IMAGES)
-
-
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).norm() / ref.norm()).item()
 
 
 def hf_inputs(ids: list[int], pixels: torch.Tensor | None) -> dict:
@@ -119,7 +121,7 @@ def test_chunking_and_temperature_tuning_change_the_logits(checkpoint, model, hf
     variant.load_state_dict(model.state_dict())
     ids, pixels = checkpoint.inputs("two-images")
     assert len(ids) > 4 * CHUNK_SIZE
-    assert relative_error(prompt_logits(variant, ids, pixels), hf_logits["two-images"]) > 100 * REL_TOL
+    assert relative_error(prompt_logits(variant, ids, pixels), hf_logits["two-images"]) > 1000 * REL_TOL
 
 
 def test_image_embeds_must_match_the_image_tokens(checkpoint, model):

@@ -1,19 +1,13 @@
 """Our Mllama against transformers' MllamaForConditionalGeneration on tiny random checkpoints (fp32)."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tests.conftest import IMAGE_TOKEN, TINY_CONFIGS
+from tests.helpers import REL_TOL, random_image, relative_error
 from vlmserve import LLM, SamplingParams
 
-REL_TOL = 1e-4
-
-
-def random_image(height: int, width: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+pytestmark = pytest.mark.parity
 
 
 def random_ids(count: int, seed: int) -> list[int]:
@@ -29,10 +23,6 @@ PROMPTS = {
 }
 IMAGE_FIRST = {"opens-with-image": (lambda: [IMAGE_TOKEN, 1] + random_ids(10, 6), [(50, 30)]),
                "two-images": PROMPTS["two-images"]}
-
-
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).norm() / ref.norm()).item()
 
 
 def hf_inputs(prepared) -> dict:

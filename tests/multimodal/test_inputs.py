@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import (
+    data_url,
+    image_bytes,
+    png_chunk,
+    png_header_claiming,
+    random_image,
+)
 from vlmserve.multimodal import inputs
 from vlmserve.multimodal.inputs import (
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -26,17 +33,6 @@ FORMATS = [("PNG", {}, True), ("JPEG", {"quality": 90}, False), ("WEBP", {"lossl
            ("GIF", {}, True), ("BMP", {}, True)]
 
 
-def noise_image(width: int = 23, height: int = 17, seed: int = 0) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def encode(image: Image.Image, image_format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format, **options)
-    return buffer.getvalue()
-
-
 def as_source(data: bytes, kind: str, tmp_path, suffix: str = "img"):
     path = tmp_path / f"image.{suffix}"
     path.write_bytes(data)
@@ -46,26 +42,15 @@ def as_source(data: bytes, kind: str, tmp_path, suffix: str = "img"):
         "path": path,
         "str-path": str(path),
         "file-url": path.as_uri(),
-        "data-url": f"data:image/{suffix};base64,{base64.b64encode(data).decode()}",
+        "data-url": data_url(data, f"image/{suffix}"),
     }[kind]
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_header_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims the given size, with no real pixel data behind it."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b""))
-            + png_chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("kind", SOURCE_KINDS)
 @pytest.mark.parametrize("image_format, options, lossless", FORMATS, ids=[f[0] for f in FORMATS])
 def test_each_format_loads_from_each_source_kind(image_format, options, lossless, kind, tmp_path):
-    original = noise_image().quantize(64) if image_format == "GIF" else noise_image()
-    data = encode(original, image_format, **options)
+    original = random_image().quantize(64) if image_format == "GIF" else random_image()
+    data = image_bytes(original, image_format, **options)
     image = load_image(as_source(data, kind, tmp_path, image_format.lower()))
     assert image.size == original.size
     expected = original if lossless else Image.open(io.BytesIO(data))
@@ -74,14 +59,14 @@ def test_each_format_loads_from_each_source_kind(image_format, options, lossless
 
 def test_pil_image_is_returned_loaded_in_its_mode():
     original = Image.new("LA", (5, 4), (100, 50))
-    image = load_image(Image.open(io.BytesIO(encode(original, "PNG"))))
+    image = load_image(Image.open(io.BytesIO(image_bytes(original, "PNG"))))
     assert image.mode == "LA"
     assert image.tobytes() == original.tobytes()
 
 
 def test_gif_gives_its_first_frame(tmp_path):
     frames = [Image.new("RGB", (8, 6), color) for color in [(255, 0, 0), (0, 0, 255)]]
-    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    data = image_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:])
     assert Image.open(io.BytesIO(data)).n_frames == 2
     image = load_image(data)
     assert image.convert("RGB").getpixel((3, 3)) == (255, 0, 0)
@@ -90,7 +75,7 @@ def test_gif_gives_its_first_frame(tmp_path):
 def test_exif_orientation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
-    data = encode(Image.new("RGB", (20, 10)), "JPEG", exif=exif.tobytes())
+    data = image_bytes(Image.new("RGB", (20, 10)), "JPEG", exif=exif.tobytes())
     assert load_image(data).size == (10, 20)
 
 
@@ -111,14 +96,14 @@ def test_bad_inputs_raise_image_input_error(source, match):
 
 
 def test_truncated_png_fails_at_load():
-    data = encode(noise_image(200, 200), "PNG")
+    data = image_bytes(random_image(200, 200), "PNG")
     with pytest.raises(ImageInputError, match="truncated"):
         load_image(data[: len(data) // 2])
 
 
 def test_unsupported_format_is_rejected():
     with pytest.raises(ImageInputError, match="PNG, JPEG, WEBP, GIF, BMP"):
-        load_image(encode(noise_image(), "TIFF"))
+        load_image(image_bytes(random_image(), "TIFF"))
 
 
 def test_zero_size_image_is_rejected():
@@ -149,7 +134,7 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding():
 
 
 def test_pixel_limit_is_configurable_per_call():
-    data = encode(noise_image(100, 100), "PNG")
+    data = image_bytes(random_image(100, 100), "PNG")
     assert load_image(data, max_pixels=10_000).size == (100, 100)
     with pytest.raises(ImageInputError, match="more than 9999 allowed"):
         load_image(data, max_pixels=9_999)
@@ -180,11 +165,11 @@ def test_an_image_above_pillows_limit_decodes_within_ours():
 
 def test_open_image_reads_the_header_and_decode_gives_the_image_once(tmp_path):
     path = tmp_path / "image.png"
-    path.write_bytes(encode(noise_image(), "PNG"))
+    path.write_bytes(image_bytes(random_image(), "PNG"))
     opened = open_image(path)
     assert opened.size == (23, 17) and opened.num_pixels == 23 * 17
     image = opened.decode()
-    assert image_content_hash(image) == image_content_hash(noise_image())
+    assert image_content_hash(image) == image_content_hash(random_image())
     reference = weakref.ref(image)
     del image
     assert reference() is None  # the OpenedImage keeps no reference to the pixels it decoded
@@ -195,11 +180,11 @@ def test_image_files_are_closed(ending, tmp_path, monkeypatch):
     files = []
 
     def tracking_open(*args, **kwargs):
-        files.append(open(*args, **kwargs))
+        files.append(open(*args, **kwargs))  # noqa: SIM115 (the test checks that the code closes them)
         return files[-1]
     monkeypatch.setattr(inputs, "open", tracking_open, raising=False)
     path = tmp_path / "image.png"
-    path.write_bytes(b"not an image" if ending == "header error" else encode(noise_image(), "PNG"))
+    path.write_bytes(b"not an image" if ending == "header error" else image_bytes(random_image(), "PNG"))
     if ending == "header error":
         with pytest.raises(ImageInputError, match="not a recognised image"):
             open_image(path)
@@ -212,14 +197,14 @@ def test_image_files_are_closed(ending, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("prefix", ["DATA:image/png;base64,", "Data:IMAGE/PNG;BASE64,"])
 def test_data_url_scheme_and_media_type_are_case_insensitive(prefix):
-    data = encode(noise_image(), "PNG")
+    data = image_bytes(random_image(), "PNG")
     image = load_image(prefix + base64.b64encode(data).decode())
-    assert image_content_hash(image) == image_content_hash(noise_image())
+    assert image_content_hash(image) == image_content_hash(random_image())
 
 
 def test_file_url_scheme_is_case_insensitive(tmp_path):
     path = tmp_path / "image.png"
-    path.write_bytes(encode(noise_image(), "PNG"))
+    path.write_bytes(image_bytes(random_image(), "PNG"))
     assert load_image("FILE" + path.as_uri()[len("file"):]).size == (23, 17)
 
 
@@ -230,13 +215,13 @@ def test_uppercase_remote_urls_are_left_to_the_server(url):
 
 
 def test_hash_depends_on_pixels_not_on_file_encoding():
-    image = noise_image()
-    from_png = load_image(encode(image, "PNG"))
-    from_bmp = load_image(encode(image, "BMP"))
+    image = random_image()
+    from_png = load_image(image_bytes(image, "PNG"))
+    from_bmp = load_image(image_bytes(image, "BMP"))
     assert image_content_hash(from_png) == image_content_hash(from_bmp) == image_content_hash(image)
     assert len(image_content_hash(image)) == 64
-    assert image_content_hash(noise_image(seed=1)) != image_content_hash(image)
-    assert image_content_hash(noise_image(17, 23)) != image_content_hash(noise_image(23, 17))
+    assert image_content_hash(random_image(seed=1)) != image_content_hash(image)
+    assert image_content_hash(random_image(23, 17)) != image_content_hash(random_image(17, 23))
 
 
 def test_hash_depends_on_palette_and_transparency():
@@ -252,11 +237,11 @@ def test_hash_depends_on_palette_and_transparency():
 
 def test_hash_values_are_unchanged():
     """Digests as the first implementation (sha256 over image.tobytes() in one piece) computed them."""
-    palette = noise_image(31, 9, seed=3).quantize(16)
+    palette = random_image(9, 31, seed=3).quantize(16)
     palette.info["transparency"] = 2
-    assert image_content_hash(noise_image()) == "05abec9e7adb13c0663f93a546d5536c464d83f15eed5fa9c0cb6b1d8e216a31"
+    assert image_content_hash(random_image()) == "05abec9e7adb13c0663f93a546d5536c464d83f15eed5fa9c0cb6b1d8e216a31"
     assert image_content_hash(palette) == "77d776123a96d1a22fa25b5e721b60b426af60eed102b9073adcc78024a2e64f"
-    bilevel = noise_image(13, 11, seed=4).convert("1")
+    bilevel = random_image(11, 13, seed=4).convert("1")
     assert image_content_hash(bilevel) == "249866af6af869521832cde0c9f0cfed1265c69bb434d6d35acd05959f715d0c"
 
 
@@ -264,7 +249,7 @@ def test_hash_values_are_unchanged():
 @pytest.mark.parametrize("strip_pixels", [1, 40, 1 << 20])  # a row a strip, a few rows, the whole image
 def test_hash_in_row_strips_equals_hash_of_all_bytes(mode, strip_pixels, monkeypatch):
     monkeypatch.setattr(inputs, "STRIP_PIXELS", strip_pixels)
-    image = noise_image(13, 7).convert("L" if mode in ("I", "F", "I;16") else mode).convert(mode)
+    image = random_image(7, 13).convert("L" if mode in ("I", "F", "I;16") else mode).convert(mode)
     digest = hashlib.sha256()
     palette = image.getpalette() if image.mode in ("P", "PA") else None
     for field in (image.mode, repr(image.size), repr(palette), repr(image.info.get("transparency"))):

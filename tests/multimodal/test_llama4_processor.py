@@ -23,6 +23,7 @@ from vlmserve.multimodal.llama4_processor import (
 )
 from vlmserve.tokenizer.llama4_standin import build_llama4_standin_tokenizer
 
+pytestmark = pytest.mark.parity
 REAL = ProcessorSettings(tile_size=336, max_patches=16)
 SMALL = ProcessorSettings(tile_size=28, max_patches=4)
 SMALL_MAX_CANVAS = ProcessorSettings(tile_size=28, max_patches=5, resize_to_max_canvas=True)

@@ -23,6 +23,7 @@ from vlmserve.multimodal.mllama_processor import (
 )
 from vlmserve.multimodal.inputs import to_rgb
 
+pytestmark = pytest.mark.parity
 ATOL = 1e-5
 SEED = 1234
 EDGE_SIZES = [  # (height, width)

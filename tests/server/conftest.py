@@ -7,7 +7,7 @@ import pytest
 
 from tests.server.helpers import MODEL, engine_config
 from vlmserve.engine.async_engine import AsyncLLMEngine
-from vlmserve.engine.llm_engine import LLMEngine
+from vlmserve.engine.llm_engine import LLMEngine, build_engine
 from vlmserve.server.app import build_app
 from vlmserve.server.config import ServerConfig
 
@@ -15,7 +15,7 @@ from vlmserve.server.config import ServerConfig
 @pytest.fixture(scope="module")
 def engine(demo_model_dir) -> LLMEngine:
     """One engine per test module; each test wraps it in a fresh AsyncLLMEngine on its own event loop."""
-    return LLMEngine(engine_config(demo_model_dir))
+    return build_engine(engine_config(demo_model_dir))
 
 
 @pytest.fixture

@@ -1,7 +1,5 @@
-"""Helpers shared by the server tests: images, messages, a live `vlmserve serve` subprocess."""
+"""Helpers shared by the server tests: messages, a live `vlmserve serve` subprocess (images: tests/helpers.py)."""
 
-import base64
-import io
 import os
 import signal
 import subprocess
@@ -10,7 +8,6 @@ import time
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 from vlmserve.config import EngineConfig
 from vlmserve.distributed.launch import free_port
@@ -21,19 +18,6 @@ REPO = Path(__file__).parents[2]
 
 def engine_config(model_dir: Path, **overrides) -> EngineConfig:
     return EngineConfig(model=str(model_dir), dtype="float32", device="cpu", num_kv_blocks=128, **overrides)
-
-
-def png_data_url(size=(40, 30), color=(200, 30, 60)) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def noise_png_data_url(side: int) -> str:
-    """A PNG that does not compress: about 3 * side**2 bytes."""
-    buffer = io.BytesIO()
-    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def wait_for(predicate, timeout_s: float = 20) -> None:

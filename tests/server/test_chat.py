@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from tests.server.helpers import MODEL, image_message, png_data_url
+from tests.helpers import png_data_url
+from tests.server.helpers import MODEL, image_message
 from vlmserve.server.pricing import Price
 
 GREEDY = {"model": MODEL, "temperature": 0, "max_tokens": 6, "ignore_eos": True}

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from tests.server.helpers import MODEL, engine_config, image_message, noise_png_data_url, png_data_url
-from vlmserve.engine.llm_engine import LLMEngine
+from tests.helpers import noise_png_data_url, png_data_url
+from tests.server.helpers import MODEL, engine_config, image_message
+from vlmserve.engine.llm_engine import LLMEngine, build_engine
 
 HI = [{"role": "user", "content": "Hi"}]
 ASK = {"model": MODEL, "max_tokens": 2, "messages": HI}
@@ -16,7 +17,7 @@ ASK = {"model": MODEL, "max_tokens": 2, "messages": HI}
 @pytest.fixture(scope="module")
 def engine(demo_model_dir) -> LLMEngine:
     """One running sequence at a time, so that a queue limit is easy to reach."""
-    return LLMEngine(engine_config(demo_model_dir, max_num_seqs=1))
+    return build_engine(engine_config(demo_model_dir, max_num_seqs=1))
 
 
 def post_chat(serve, bodies: list[dict], **config) -> list:

@@ -1,8 +1,6 @@
 """A hostile client against a live `vlmserve serve`: no request stops the server, freezes it, or gets a 500, and
 after each one a normal request still succeeds at once."""
 
-import base64
-import io
 import json
 import socket
 import threading
@@ -10,10 +8,10 @@ import time
 
 import httpx
 import pytest
-from PIL import Image
 
+from tests.helpers import png_data_url
 from tests.server import helpers
-from tests.server.helpers import MODEL, LiveServer, image_message, png_data_url, wait_for
+from tests.server.helpers import MODEL, LiveServer, image_message, wait_for
 
 KEY = "hardening-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -192,14 +190,8 @@ def test_a_huge_tokenization_does_not_freeze_the_event_loop(demo_model_dir):
         live.stop()
 
 
-def big_png_data_url(side: int) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side), (10, 200, 30)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def test_many_huge_images_are_refused_from_their_headers(server):
-    huge = big_png_data_url(7000)  # 49 MP, each under the 50 MP per-image limit, ~150 KB as PNG
+    huge = png_data_url(size=(7000, 7000), color=(10, 200, 30))  # 49 MP, each under the 50 MP per-image limit, ~150 KB as PNG
     started = time.monotonic()
     response = chat(server, messages=[image_message("x", *[huge] * 8)])
     assert time.monotonic() - started < 3

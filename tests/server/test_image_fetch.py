@@ -6,7 +6,6 @@ loopback server, recording every connection it is asked to open.
 """
 
 import asyncio
-import io
 import ipaddress
 import shutil
 import socket
@@ -19,23 +18,22 @@ from urllib.parse import parse_qs, urlparse
 
 import httpcore
 import pytest
-from PIL import Image
 
+from tests.helpers import png_bytes
 from vlmserve.multimodal.inputs import load_image
-from vlmserve.server.image_fetch import ImageFetchConfig, ImageFetcher, ImageFetchError, is_public_address
+from vlmserve.server.image_fetch import (
+    ImageFetchConfig,
+    ImageFetcher,
+    ImageFetchError,
+    is_public_address,
+)
 
 PUBLIC_IP = "93.184.216.34"
 CHUNK = b"\0" * 65536
 HUGE_CHUNKS = 4096  # 256 MiB if anyone read it all
 
 
-def png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (3, 2), (200, 10, 10)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-PNG = png_bytes()
+PNG = png_bytes(size=(3, 2), color=(200, 10, 10))
 
 
 class ImageServer:

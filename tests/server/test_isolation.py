@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from tests.server.helpers import MODEL, engine_config
-from vlmserve.engine.llm_engine import LLMEngine
+from vlmserve.engine.llm_engine import LLMEngine, build_engine
 from vlmserve.engine.sampler import Sampler
 from vlmserve.server.engine_client import EngineClient
 
@@ -22,7 +22,7 @@ ASK = {"model": MODEL, "max_tokens": 6, "ignore_eos": True, "messages": HI}
 
 @pytest.fixture(scope="module")
 def engine(demo_model_dir) -> LLMEngine:
-    return LLMEngine(engine_config(demo_model_dir, max_num_seqs=4))
+    return build_engine(engine_config(demo_model_dir, max_num_seqs=4))
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import httpx
 import openai
 import pytest
 
-from tests.server.helpers import MODEL, LiveServer, image_message, metric, png_data_url, wait_for
+from tests.helpers import png_data_url
+from tests.server.helpers import MODEL, LiveServer, image_message, metric, wait_for
 
 KEY = "live-key"
 

@@ -4,7 +4,8 @@ streams a chat with an image, and the text equals the offline engine's greedy an
 import openai
 import pytest
 
-from tests.server.helpers import MODEL, LiveServer, image_message, noise_png_data_url
+from tests.helpers import noise_png_data_url
+from tests.server.helpers import MODEL, LiveServer, image_message
 from vlmserve import LLM, SamplingParams
 
 MAX_TOKENS = 10

@@ -1,6 +1,7 @@
 """Operational endpoints: /health, /v1/models, /metrics, /tokenize and /detokenize, /openapi.json."""
 
-from tests.server.helpers import MODEL, image_message, png_data_url
+from tests.helpers import png_data_url
+from tests.server.helpers import MODEL, image_message
 
 
 def test_models_and_health(serve):

@@ -56,6 +56,7 @@ def tokenizer() -> Tokenizer:
     return Tokenizer(build_llama4_standin_tokenizer(), special=LLAMA4_SPECIAL_TOKENS)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", CONVERSATIONS)
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_matches_hf_chat_template(name, add_generation_prompt):
@@ -64,6 +65,7 @@ def test_matches_hf_chat_template(name, add_generation_prompt):
     assert rendered.prompt == hf_render(messages, add_generation_prompt=add_generation_prompt)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("final", ["One, two,", [text("One, "), text("two,")]])
 def test_continue_final_message_matches_hf(final):
     messages = [user("Count to three."), assistant(final)]

@@ -25,12 +25,12 @@ from vlmserve.bench.model_source import ModelSource, describe, require_mllama
 from vlmserve.bench.roofline import decode_step_bytes, roofline
 from vlmserve.bench.synthetic import synthetic_prompt
 from vlmserve.config import EngineConfig
-from vlmserve.engine.llm_engine import LLMEngine, resolve_device
+from vlmserve.engine.llm_engine import LLMEngine, build_engine, resolve_device
 from vlmserve.engine.vision_state import VisionState
 from vlmserve.families import resolve_model_family
 from vlmserve.sampling_params import SamplingParams
 
-BLOCK_SIZE = 16
+BLOCK_SIZE = EngineConfig.block_size
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def _build_engine(source, settings, dtype, device, load_format, transformers_com
                           transformers_compat=transformers_compat, block_size=BLOCK_SIZE, max_num_seqs=largest,
                           max_model_len=model_len, num_kv_blocks=largest * per_request, enforce_eager=enforce_eager)
     reset_peak_memory(resolve_device(device))
-    return LLMEngine(config)
+    return build_engine(config)
 
 
 def _measure_ours(engine: LLMEngine, settings: LatencySettings) -> tuple[dict, dict]:
@@ -125,7 +125,7 @@ def _measure_ours(engine: LLMEngine, settings: LatencySettings) -> tuple[dict, d
 
 def _prepare(engine: LLMEngine, seed: int, settings: LatencySettings):
     prompt = synthetic_prompt(seed, settings.prompt_len, settings.image_tiles, engine.model_config)
-    prepared = engine.input_processor.process_prompt(prompt)
+    prepared = engine.process_prompt(prompt)
     if prepared.multimodal.num_tiles != [settings.image_tiles]:
         raise ValueError(f"the synthetic image made {prepared.multimodal.num_tiles[0]} tiles, not "
                          f"{settings.image_tiles}")
@@ -154,7 +154,8 @@ def _decode(engine: LLMEngine, prepared: list, settings: LatencySettings) -> dic
 
     def step() -> int:
         outputs = engine.step()
-        tokens.update((o.request_id, o.outputs[0].token_ids) for o in outputs)
+        for output in outputs:
+            tokens.setdefault(output.request_id, []).extend(output.outputs[0].token_ids)
         return len(outputs)
 
     while len(tokens) < batch:

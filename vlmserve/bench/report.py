@@ -52,33 +52,37 @@ def print_latency(results: dict) -> None:
 
 
 def print_throughput(results: dict) -> None:
-    model, settings, ours = results["model"], results["settings"], results["vlmserve"]
-    host = results["host"]
+    model, settings, ours = results["model"], results["settings"], results.get("vlmserve")
+    host, peers = results["host"], results.get("transformers", [])
+    first = ours or peers[0]  # with --hf-only, transformers alone was timed
     print(f"vlmserve bench throughput: {_model_line(model)}")
-    print(f"{_prompts_line(settings, results['num_image_prompts'])}; prompts of {ours['prompt_len_range'][0]}-"
-          f"{ours['prompt_len_range'][1]} tokens ({ours['prompt_tokens']} in all), {_output_line(settings)} "
-          f"({ours['output_tokens']} in all); {host['torch_threads']} torch threads on {host['machine']}")
+    print(f"{_prompts_line(settings, results['num_image_prompts'])}; prompts of {first['prompt_len_range'][0]}-"
+          f"{first['prompt_len_range'][1]} tokens ({first['prompt_tokens']} in all), {_output_line(settings)} "
+          f"({first['output_tokens']} in all); {host['torch_threads']} torch threads on {host['machine']}")
     if settings["repeat"] > 1:
         print(f"each system's fastest of {settings['repeat']} runs that no other process disturbed (the fastest of "
               "all where every run was); vlmserve: a fresh engine per run")
     print()
-    peers = results.get("transformers", [])
-    rows = [_throughput_row("vlmserve", ours, "-", "-")]
-    rows += [_throughput_row(f"transformers, batch {peer['batch_size']}", peer, _ratio(peer["throughput_ratio"]),
-                             f"{peer['identical_completions']}/{settings['num_prompts']}") for peer in peers]
+    rows = [_throughput_row("vlmserve", ours, "-", "-")] if ours else []
+    rows += [_throughput_row(f"transformers, batch {peer['batch_size']}", peer, _ratio(peer.get("throughput_ratio")),
+                             f"{peer['identical_completions']}/{settings['num_prompts']}" if ours else "-")
+             for peer in peers]
     _table(["system", "wall s", "all runs s", "output tok/s", "total tok/s", "ours/this", "identical",
             "other busy cores"], rows)
-    print(f"\nvlmserve's prefix cache hit {ours['prefix_cache_hit_tokens']}/{ours['prefix_cache_queried_tokens']} "
-          f"prompt tokens; {ours['images_encoded']} images encoded")
+    print()
+    if ours:
+        print(f"vlmserve's prefix cache hit {ours['prefix_cache_hit_tokens']}/{ours['prefix_cache_queried_tokens']} "
+              f"prompt tokens; {ours['images_encoded']} images encoded")
     for peer in peers:
+        identical = (f"; identical greedy completions: text-only {peer['identical_text_only']}, with image "
+                     f"{peer['identical_with_image']}") if ours else ""
         print(f"transformers, batch {peer['batch_size']}: {len(peer['generate_calls'])} generate() calls (text-only "
-              f"and image prompts apart, left-padded); identical greedy completions: text-only "
-              f"{peer['identical_text_only']}, with image {peer['identical_with_image']}")
-    if peers:
+              f"and image prompts apart, left-padded){identical}")
+    if ours and peers:
         compare = results["comparison"]
         print(f"throughput ratio vlmserve / fastest transformers (batch {compare['batch_size']}): "
               f"{compare['throughput_ratio']:.2f}x")
-    if any(system["undisturbed_runs"] < len(system["all_seconds"]) for system in [ours, *peers]):
+    if any(system["undisturbed_runs"] < len(system["all_seconds"]) for system in ([ours] if ours else []) + peers):
         print(f"warning: other processes kept more than {BUSY_LIMIT} cores busy during some runs: timings that "
               "share the cores are not comparable; rerun on an idle machine")
 

@@ -5,7 +5,8 @@
 Both systems' times include turning the prompts into model inputs (our input processor, for both), and both
 generate each request's wanted number of greedy tokens (EOS ignored). Each of `repeat` timed runs of ours uses a
 fresh engine, so its prefix and image caches start empty, as transformers starts every generate() from nothing;
-each system's fastest run that no other process disturbed (measured from /proc) is reported.
+each system's fastest run that no other process disturbed (measured from /proc) is reported. With hf_only,
+transformers alone is timed: our engine is built once, untimed, for the weights and inputs transformers gets.
 """
 
 import math
@@ -89,7 +90,9 @@ class Workload:
 
 
 def run_throughput(source: ModelSource, settings: ThroughputSettings, *, dtype: str, device: str,
-                   load_format: str, transformers_compat: bool, compare_hf: bool, enforce_eager: bool = False) -> dict:
+                   load_format: str, transformers_compat: bool, compare_hf: bool, enforce_eager: bool = False,
+                   hf_only: bool = False) -> dict:
+    compare_hf = compare_hf or hf_only
     if compare_hf or settings.prompts == "chat" or settings.image_fraction > 0:
         require_mllama(source, "synthetic images (--image-fraction > 0, --prompts chat) and --compare-hf")
     if compare_hf:
@@ -107,17 +110,25 @@ def run_throughput(source: ModelSource, settings: ThroughputSettings, *, dtype: 
     with_image = workload.with_image()
     info = {"benchmark": "throughput", "settings": asdict(settings), "host": host(),
             "num_image_prompts": sum(with_image)}
-    info["vlmserve"], tokens, llm = _run_ours(new_llm, workload, warm, lengths, settings.repeat)
+    if hf_only:
+        llm, tokens = new_llm(), None
+    else:
+        info["vlmserve"], tokens, llm = _run_ours(new_llm, workload, warm, lengths, settings.repeat)
     engine = llm.engine
     info["model"] = describe(source, engine, load_format, transformers_compat)
     if compare_hf:
+        # The input processor holds no model state and outlives the engine: transformers' inputs are prepared
+        # exactly as ours, inside its timed runs too.
         weights, processor = hf_peer.our_weights(engine.runner.model), engine.input_processor
         dtype, device = engine.runner.dtype, engine.device
         del llm, engine
         model = hf_peer.build_hf_model(source.path, weights, dtype, device)
         info["transformers"] = []
         for entry, hf_tokens in _run_hf(model, processor, workload, warm, lengths, settings):
-            info["transformers"].append({**entry, **_compare(info["vlmserve"], entry, tokens, hf_tokens, with_image)})
+            if tokens is not None:
+                entry.update(_compare(info["vlmserve"], entry, tokens, hf_tokens, with_image))
+            info["transformers"].append(entry)
+    if compare_hf and not hf_only:
         fastest = max(info["transformers"], key=lambda entry: entry["output_tokens_per_s"])
         info["comparison"] = {key: fastest[key] for key in ("batch_size", "throughput_ratio", "identical_completions")}
     return info
@@ -181,9 +192,10 @@ def _run_hf(model, processor, workload: Workload, warm: list[dict], lengths: lis
                 _, tokens, calls = hf_peer.run_hf(model, examples, lengths, batch_size)
                 seconds = now(model.device) - start
             runs.append({"seconds": seconds, "other_busy_cores": load.value})
-        prompt_tokens = sum(len(e["input_ids"]) for e in examples)
+        prompt_lens = [len(e["input_ids"]) for e in examples]
         entry = {"batch_size": batch_size, "generate_calls": calls,
-                 **_best(runs, prompt_tokens, sum(map(len, tokens)))}
+                 **_best(runs, sum(prompt_lens), sum(map(len, tokens))),
+                 "prompt_len_range": [min(prompt_lens), max(prompt_lens)]}
         entries.append((entry, tokens))
     return entries
 

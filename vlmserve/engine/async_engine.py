@@ -5,21 +5,22 @@ the event loop keeps serving clients during a step, and hands each step's output
 call into the engine (add, abort, step) runs on that one thread: the engine is never used by two threads at once,
 the event loop never blocks on it, and no other work (request preparation, grammar compiles) can queue in front
 of a step.
+
+The rest of what the server needs passes through here too, so it never touches the LLMEngine: read-only state
+(config, tokenizer, max_model_len, num_embeddings, stats()) and input preparation (process_prompt, process_chat,
+tokenize, compile_grammar), which runs on the caller's thread (the server's preparation pool), never the engine's.
 """
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 
 from vlmserve.config import EngineConfig
 from vlmserve.engine.input_processor import PreparedInput
-from vlmserve.engine.llm_engine import LLMEngine
-from vlmserve.engine.outputs import CompletionOutput, RequestOutput
+from vlmserve.engine.llm_engine import EngineStats, LLMEngine, build_engine
+from vlmserve.engine.outputs import RequestOutput
 from vlmserve.sampling_params import SamplingParams
-
-_ABORTED = object()  # queue item: abort() or shutdown() ended the request
 
 
 class EngineDeadError(RuntimeError):
@@ -30,55 +31,12 @@ class RequestFailedError(RuntimeError):
     """The engine failed this one request (its error is logged there); the engine and other requests go on."""
 
 
-@dataclass
-class _Sent:
-    text: str = ""  # the latest cumulative text
-    num_chars: int = 0  # how much of it was sent
-    num_tokens: int = 0
-    finished: bool = False
-
-
-class _Stream:
-    """One request's queue of engine outputs, and what of them its consumer has been sent."""
-
-    def __init__(self, request_id: str, prepared: PreparedInput, params: SamplingParams):
-        self.request_id, self.prepared, self.params = request_id, prepared, params
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.sent = [_Sent() for _ in range(params.n)]
-        # The engine looks for a stop string from this many characters before a step's new text and cuts the
-        # text there, so until a completion finishes its last `holdback` characters may still be cut: hold them.
-        self.holdback = max(map(len, params.stop), default=1) - 1
-
-    def delta(self, output: RequestOutput) -> RequestOutput:
-        """The engine's cumulative output -> only what is new, per completion that advanced or finished."""
-        deltas = []
-        for c in output.outputs:
-            sent = self.sent[c.index]
-            if sent.finished or (len(c.token_ids) == sent.num_tokens and c.finish_reason is None):
-                continue
-            end = len(c.text) if c.finish_reason else max(sent.num_chars, len(c.text) - self.holdback)
-            logprobs = None if c.logprobs is None else c.logprobs[sent.num_tokens:]
-            deltas.append(CompletionOutput(c.index, c.text[sent.num_chars:end], c.token_ids[sent.num_tokens:],
-                                           c.finish_reason, c.stop_reason, logprobs))
-            sent.text, sent.num_chars, sent.num_tokens = c.text, end, len(c.token_ids)
-            sent.finished = c.finish_reason is not None
-        return replace(output, outputs=deltas)
-
-    def aborted(self) -> RequestOutput:
-        """The last output of an aborted request: held-back text, finish_reason "abort"."""
-        logprobs = None if self.params.logprobs is None else []
-        outputs = [CompletionOutput(i, s.text[s.num_chars:], [], "abort", None, logprobs)
-                   for i, s in enumerate(self.sent) if not s.finished]
-        p = self.prepared
-        return RequestOutput(self.request_id, p.prompt, p.prompt_token_ids, outputs, True, p.num_images)
-
-
 class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmserve-engine")
         self._closed = False  # shutdown() has ended every request and released the thread
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, asyncio.Queue] = {}  # per request: its outputs, in the order the engine made them
         self._wake = asyncio.Event()  # set when a request arrives, so an idle loop steps again
         self._loop_task: asyncio.Task | None = None
         self._dead: EngineDeadError | None = None
@@ -86,16 +44,54 @@ class AsyncLLMEngine:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "AsyncLLMEngine":
-        return cls(LLMEngine(config))
+        """An engine for `config` (build_engine: under torchrun only rank 0 returns), not yet stepping."""
+        return cls(build_engine(config))
 
-    # Snapshots for /metrics, read while a step may run (len() is atomic); they count sequences, not requests.
+    # The engine's read-only state and input preparation (see LLMEngine): safe from any thread, a step running.
+    @property
+    def config(self) -> EngineConfig:
+        return self.engine.config
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.engine.num_embeddings
+
+    @property
+    def device(self):
+        return self.engine.device
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def process_prompt(self, prompt) -> PreparedInput:
+        return self.engine.process_prompt(prompt)
+
+    def process_chat(self, messages: list[dict], **options) -> PreparedInput:
+        return self.engine.process_chat(messages, **options)
+
+    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        return self.engine.tokenize(prompt, add_special_tokens)
+
+    def compile_grammar(self, structured):
+        """The grammar generate() takes; compile it on the caller's thread, not the engine's."""
+        return self.engine.compile_grammar(structured)
+
+    # Snapshots for /metrics, from stats(); they count sequences, not requests.
     @property
     def num_running(self) -> int:
-        return len(self.engine.scheduler.running)
+        return self.engine.stats().num_running
 
     @property
     def num_waiting(self) -> int:
-        return len(self.engine.scheduler.waiting)
+        return self.engine.stats().num_waiting
 
     @property
     def is_stopped(self) -> bool:
@@ -112,8 +108,7 @@ class AsyncLLMEngine:
 
     @property
     def kv_cache_usage(self) -> float:
-        blocks = self.engine.scheduler.block_manager
-        return 1 - blocks.num_free_blocks / blocks.num_blocks
+        return self.engine.stats().kv_cache_usage
 
     async def generate(self, prepared: PreparedInput, params: SamplingParams, request_id: str | None = None,
                        grammar=None) -> AsyncIterator[RequestOutput]:
@@ -121,47 +116,40 @@ class AsyncLLMEngine:
         logprobs; the last has finished=True. add_request's errors (ValueError) raise before anything is
         yielded; RequestFailedError when the engine fails this request later. Closing the generator early (client
         gone, task cancelled) aborts the request. `grammar`: structured_outputs compiled beforehand
-        (`engine.structured_output.compile`), so no compile runs on the engine's thread."""
+        (`compile_grammar`), so no compile runs on the engine's thread."""
         if self.failure or self._dead:
             raise self._dead
         request_id = uuid.uuid4().hex if request_id is None else request_id
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already running")
-        # Registered before the add, so the loop cannot produce an output for it that finds no stream.
-        stream = self._streams[request_id] = _Stream(request_id, prepared, params)
+        # Registered before the add, so the loop cannot produce an output for it that finds no queue.
+        queue = self._streams[request_id] = asyncio.Queue()
         try:
             await self._on_engine_thread(self.engine.add_request, request_id, prepared, params, grammar)
-            if self._streams.get(request_id) is not stream:  # abort() or a dead loop came during the add
+            if self._streams.get(request_id) is not queue:  # the loop died during the add
                 await self._on_engine_thread(self.engine.abort_request, request_id)
             self._start_loop()
             while True:
-                item = await stream.queue.get()
+                item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
-                if item is _ABORTED:
-                    yield stream.aborted()
-                    return
                 if item.error is not None:
                     raise RequestFailedError(f"the engine failed request {request_id}: {item.error}")
-                yield stream.delta(item)
+                yield item
                 if item.finished:
                     return
         finally:
-            if self._streams.get(request_id) is stream:  # neither finished nor aborted: the consumer left
+            if self._streams.get(request_id) is queue:  # not finished: the consumer left
                 del self._streams[request_id]
                 await self._on_engine_thread(self.engine.abort_request, request_id)
 
     async def abort(self, request_id: str) -> None:
-        """End a request now. Its blocks are free when this returns; its generator then yields a last output
-        with finish_reason "abort" (and any text held back for stop strings) and ends. Unknown ids: no-op."""
-        stream = self._streams.pop(request_id, None)  # first, so the loop drops outputs of a step in flight
-        if stream is None and self._closed:
+        """End a request now. Its blocks are free when this returns; its generator then yields what the step in
+        flight made, then a last output with finish_reason "abort" (and any text held back for stop strings), and
+        ends. Unknown or finished ids: no-op."""
+        if request_id not in self._streams and self._closed:
             return  # after shutdown() every request has ended
-        try:
-            await self._on_engine_thread(self.engine.abort_request, request_id)
-        finally:
-            if stream is not None:
-                stream.queue.put_nowait(_ABORTED)
+        await self._on_engine_thread(self._abort, asyncio.get_running_loop(), request_id)
 
     async def shutdown(self) -> None:
         """Stop the loop and abort every request; later generate() calls raise EngineDeadError."""
@@ -178,6 +166,28 @@ class AsyncLLMEngine:
         """Run an engine call on the engine's thread, after the calls before it (a step in flight included)."""
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    # Outputs go to the queues from the engine's thread, so they reach them in the order the engine made them (a
+    # step's before the abort that followed it), whichever coroutine awaits the call.
+    def _step(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """One engine step, its outputs handed out; whether requests remain. On the engine's thread."""
+        loop.call_soon_threadsafe(self._hand_out, self.engine.step())
+        return self.engine.has_unfinished_requests()
+
+    def _abort(self, loop: asyncio.AbstractEventLoop, request_id: str) -> None:
+        """Abort in the engine, handing out the request's last output. On the engine's thread."""
+        last = self.engine.abort_request(request_id)
+        if last is not None:
+            loop.call_soon_threadsafe(self._hand_out, [last])
+
+    def _hand_out(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            queue = self._streams.get(output.request_id)
+            if queue is None:  # its consumer left
+                continue
+            if output.finished:
+                del self._streams[output.request_id]
+            queue.put_nowait(output)
+
     def _start_loop(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run_loop())
@@ -188,15 +198,7 @@ class AsyncLLMEngine:
         request gets an EngineDeadError rather than hanging."""
         try:
             while True:
-                outputs, busy = await self._on_engine_thread(
-                    lambda: (self.engine.step(), self.engine.has_unfinished_requests()))
-                for output in outputs:
-                    stream = self._streams.get(output.request_id)
-                    if stream is None:  # aborted while this step ran
-                        continue
-                    if output.finished:
-                        del self._streams[output.request_id]
-                    stream.queue.put_nowait(output)
+                busy = await self._on_engine_thread(self._step, asyncio.get_running_loop())
                 if not busy:
                     await self._wake.wait()
                     self._wake.clear()
@@ -207,6 +209,6 @@ class AsyncLLMEngine:
         """Mark the engine dead for `error`; every waiting request gets the EngineDeadError."""
         self._dead = self._failed = EngineDeadError(f"the engine failed: {type(error).__name__}: {error}")
         self._dead.__cause__ = error
-        for stream in self._streams.values():
-            stream.queue.put_nowait(self._dead)
+        for queue in self._streams.values():
+            queue.put_nowait(self._dead)
         self._streams.clear()

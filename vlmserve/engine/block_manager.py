@@ -95,25 +95,27 @@ class BlockManager:
                     revived += len(entry.block_ids)
         return new_blocks + revived <= self.num_free_blocks
 
-    def allocate(self, seq: Sequence, num_tokens: int, hits: list[int] = ()) -> None:
-        """Take the cached `hits` (counted as computed), then fresh blocks up to `num_tokens` tokens; the blocks
-        that `num_tokens` fills are offered to the cache (their K/V is written in the coming step)."""
+    def allocate(self, seq: Sequence, num_tokens: int, hits: list[int] = ()) -> int:
+        """Take the cached `hits`, then fresh blocks up to `num_tokens` tokens; the blocks that `num_tokens` fills
+        are offered to the cache (their K/V is written in the coming step). Returns the tokens the hits hold, whose
+        K/V need no computing (the scheduler counts them as computed: this never writes num_computed_tokens)."""
         if not seq.block_table:
             self.stats.queried_tokens += seq.num_tokens
             self.stats.hit_tokens += len(hits) * self.block_size
         for block_id in hits:
             self._acquire(block_id)
             seq.block_table.append(block_id)
-        seq.num_computed_tokens += len(hits) * self.block_size
         seq.num_registered_blocks += len(hits)
         if not seq.image_entries and seq.multimodal is not None and self.blocks_per_image:
             self._acquire_images(seq)
         while len(seq.block_table) < self.blocks_for(num_tokens):
             seq.block_table.append(self._take_free_block())
         self._register_full_blocks(seq, num_tokens)
+        return len(hits) * self.block_size
 
     def free(self, seq: Sequence) -> None:
-        """Drop the sequence's hold on its blocks; it must recompute from scratch (minus cache hits) later."""
+        """Drop the sequence's hold on its blocks and images (what its tokens count as computed is the
+        scheduler's to reset)."""
         for block_id in reversed(seq.block_table):
             self._release_block(block_id)
         for entry in {e.content_hash: e for e in seq.image_entries}.values():
@@ -125,7 +127,6 @@ class BlockManager:
                     self._release_block(block_id)
         seq.image_entries = []
         seq.block_table = []
-        seq.num_computed_tokens = 0
         seq.num_registered_blocks = 0
 
     def _release_block(self, block_id: int) -> None:

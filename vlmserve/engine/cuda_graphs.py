@@ -8,7 +8,8 @@ replayed; the hidden states of the first n rows go on to the LM head and the sam
 
 Every captured shape is fixed: the block tables always have `max_blocks` columns (the context length in blocks),
 so the decode kernel's split count, chosen from host-side sizes only, is the same at capture and at replay. The
-Triton path reads the context lengths from the device (`DeviceLens`) only, so a graph bakes in no host value.
+context lengths reach the kernels only as device tensors (`DeviceLens`, views of the static buffers), so a graph
+bakes in no host value; the torch twins read them back to the host, which is why capture needs Triton.
 
 Eager steps: prefill chunks, Mllama image requests (their cross-attention inputs vary in shape from step to step),
 Llama 4 (its MoE layer reads expert counts on the host), `enforce_eager`, the CPU, tensor parallelism.
@@ -24,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from vlmserve.engine.step_data import ForwardStep
 from vlmserve.kernels.step_inputs import DeviceLens
 from vlmserve.layers.attention_metadata import AttentionMetadata
 from vlmserve.layers.moe import MoE
 
 if TYPE_CHECKING:
     from vlmserve.config import EngineConfig
-    from vlmserve.engine.model_runner import ForwardStep
 
 MAX_BUCKET = 256  # larger decode batches run eagerly: launch overhead is small beside their work
 
@@ -45,7 +46,7 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
 
 
 def graphs_wanted(config: EngineConfig, device: torch.device, model) -> bool:
-    """Whether the engine captures decode graphs: on CUDA with the Triton kernels (their twins read host lengths),
+    """Whether the engine captures decode graphs: on CUDA with the Triton kernels (their twins sync the host),
     unless `enforce_eager`, on one rank (collectives are not captured), for a model whose forward never syncs the
     host (not Llama 4's MoE: `.tolist()` of expert counts)."""
     return (not config.enforce_eager and device.type == "cuda" and importlib.util.find_spec("triton") is not None
@@ -127,14 +128,10 @@ class DecodeGraphs:
 
     def _forward(self, bucket: int) -> torch.Tensor:
         input_ids, positions, slot_mapping, seq_lens = self.inputs[:, :bucket]
-        rows = self.arange[:bucket]
+        rows = self.arange[:bucket]  # one new token per sequence: sequence i is row i, a decode
         metadata = AttentionMetadata(
-            query_start_loc=list(range(bucket + 1)),
-            # the attention twin (CPU) reads host lengths, read back from the buffer; the Triton kernels read only
-            # device_lens, so under capture (where reading the device is not allowed) a placeholder stands in
-            seq_lens=[1] * bucket if seq_lens.is_cuda else seq_lens.tolist(),
+            lens=DeviceLens(seq_lens, self.arange[: bucket + 1], rows, rows),
             block_tables=self.block_tables[:bucket],
             slot_mapping=slot_mapping,
-            device_lens=DeviceLens(seq_lens, self.arange[: bucket + 1], rows, rows),
         )
         return self.model(input_ids, positions, metadata)

@@ -6,25 +6,11 @@ then live in ordinary KV blocks, so prefix caching shares them like text: blocks
 tokens (or earlier ones) hold.
 """
 
-from dataclasses import dataclass, field
-
 import torch
 
 from vlmserve.engine.sequence import Sequence
+from vlmserve.engine.step_data import FeaturePlan, ImageKey
 from vlmserve.engine.vision_inputs import StepVisionInputs
-
-ImageKey = tuple[int, int]  # (seq_id, image index): names an image's features on every rank
-
-
-@dataclass
-class FeaturePlan:
-    """A step's image work in plain data and CPU tensors: rank 0 makes it from the sequences; every rank encodes
-    the new images, keeps their features under the same keys, and gathers the same rows from them."""
-
-    encodes: list[tuple[ImageKey, torch.Tensor]] = field(default_factory=list)  # key, tiles [tiles, 3, H, W]
-    pieces: list[tuple[ImageKey, int, int]] = field(default_factory=list)  # key, feature rows [start, stop)
-    rows: list[int] = field(default_factory=list)  # the pieces' flat-batch rows, in order
-    drops: list[ImageKey] = field(default_factory=list)  # features no later step needs (after this one)
 
 
 class EarlyFusionState:

@@ -1,6 +1,6 @@
 """Tensor-parallel execution: rank 0 runs the scheduler and sends each step to the other ranks, which only run it.
 
-Per step rank 0 broadcasts one `ForwardStep` (model_runner.py) over the gloo control group with
+Per step rank 0 broadcasts one `ForwardStep` (step_data.py) over the gloo control group with
 broadcast_object_list: the flat batch's token ids, positions, slot mapping and block tables, and the vision
 state's plan (Mllama: images to encode, with the pool blocks their K/V go to, and the cross-attending rows;
 Llama 4: tiles to encode, under keys every rank keeps their features by, and which feature rows go where). Every
@@ -27,7 +27,8 @@ import torch.distributed as dist
 from vlmserve.config import EngineConfig
 from vlmserve.distributed import launch
 from vlmserve.distributed.sharding import validate_tp
-from vlmserve.engine.model_runner import ForwardStep, ModelRunner
+from vlmserve.engine.model_runner import ModelRunner
+from vlmserve.engine.step_data import ForwardStep
 from vlmserve.families import resolve_model_family
 from vlmserve.models.loader import LoadedModel, load_model, read_config
 

@@ -1,7 +1,7 @@
 """The engine core both front ends drive: requests in, one scheduled step at a time, outputs back."""
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -14,14 +14,14 @@ from vlmserve.engine.executor import (Executor, check_tensor_parallel, load_shar
                                       spawned_worker)
 from vlmserve.engine.input_processor import InputProcessor, PreparedInput
 from vlmserve.engine.model_runner import ModelRunner
-from vlmserve.engine.outputs import CompletionOutput, RequestOutput
+from vlmserve.engine.output_processor import OutputProcessor
+from vlmserve.engine.outputs import RequestOutput
 from vlmserve.engine.scheduler import Scheduler, SchedulerConfig
 from vlmserve.engine.sequence import Sequence
 from vlmserve.engine.structured_output import StructuredOutputManager
 from vlmserve.families import resolve_model_family
 from vlmserve.models.loader import read_config
 from vlmserve.sampling_params import SamplingParams
-from vlmserve.tokenizer.detokenizer import IncrementalDetokenizer
 from vlmserve.tokenizer.llama4_standin import build_llama4_standin_tokenizer
 from vlmserve.tokenizer.tokenizer import (LLAMA4_SPECIAL_TOKENS, TOKENIZER_FILE, SpecialTokens, Tokenizer,
                                          load_tokenizer)
@@ -38,25 +38,6 @@ def engine_tokenizer(model_dir: Path, special: SpecialTokens, load_format: str) 
     return load_tokenizer(model_dir, special)
 
 
-@dataclass
-class _Completion:
-    seq: Sequence
-    detokenizer: IncrementalDetokenizer
-    text: str = ""
-
-
-@dataclass
-class _Request:
-    request_id: str
-    prepared: PreparedInput
-    completions: list[_Completion] = field(default_factory=list)
-    error: str | None = None  # why the engine failed it
-
-    @property
-    def finished(self) -> bool:
-        return all(c.seq.is_finished for c in self.completions)
-
-
 @dataclass(frozen=True)
 class EngineStats:
     num_running: int
@@ -68,24 +49,44 @@ class EngineStats:
     encoder_cache_queried_images: int
     encoder_cache_hit_images: int  # images whose K/V were still in the pool: not encoded again
     num_images_encoded: int
+    num_kv_blocks: int  # the KV pool's size in blocks (fixed once the engine is built)
+
+
+def build_engine(config: EngineConfig) -> "LLMEngine":
+    """The engine for `config`, after starting its tensor-parallel ranks (one device: nothing to start).
+
+    With tensor_parallel_size N > 1 this process becomes rank 0 and spawns ranks 1..N-1, or, when torchrun started
+    it, joins the N processes torchrun started. Under torchrun every process calls build_engine: on ranks other than
+    0 it serves rank 0's steps until rank 0 stops, then raises SystemExit(0) without returning, so those processes
+    never get an engine and never produce output; only rank 0 returns.
+    """
+    check_tensor_parallel(config)
+    ranks = launch.start_ranks(config.tensor_parallel_size, resolve_device(config.device), spawned_worker, (config,))
+    if ranks.rank > 0:
+        run_worker(config, ranks)
+        raise SystemExit(0)
+    return LLMEngine(config, ranks)
 
 
 class LLMEngine:
     """The scheduler, tokenizer and sampler; the model on one device, or split over `tensor_parallel_size` ranks
-    (this process is rank 0: it spawns the others, or joins them under torchrun; see executor.py).
+    (this process is rank 0 of `ranks`, which build_engine started; see executor.py). Build it with build_engine.
 
-    Under torchrun every process builds the engine; on ranks other than 0 the constructor serves rank 0's steps
-    until it stops, then raises SystemExit(0): those processes never produce output.
+    The engine boundary, what a front end (LLM, AsyncLLMEngine and through it the server, the benchmarks) may call;
+    everything else is internal:
+    - requests: add_request, abort_request, step, has_unfinished_requests, num_unfinished_requests (one thread at
+      a time: the engine's own);
+    - inputs: process_prompt, process_chat, tokenize, compile_grammar (stateless CPU work: any thread, several at
+      once, so a server runs them off the engine's thread);
+    - read-only: config, tokenizer, max_model_len, device, num_embeddings, stats() (any thread, a step may run), and
+      input_processor (for a peer that must prepare inputs exactly as the engine does: bench --compare-hf);
+    - lifetime: failure, shutdown.
     """
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, ranks: launch.Ranks):
+        """Build rank 0's engine over `ranks` (already started: see build_engine): load its shard of the model,
+        size the KV pool, and set up the tokenizer, scheduler and runner."""
         self.config = config
-        check_tensor_parallel(config)
-        ranks = launch.start_ranks(config.tensor_parallel_size, resolve_device(config.device), spawned_worker,
-                                   (config,))
-        if ranks.rank > 0:
-            run_worker(config, ranks)
-            raise SystemExit(0)
         self.device = ranks.device
         loaded, num_blocks = load_shard(config, ranks)
         self.executor = Executor(ranks) if ranks.size > 1 else None
@@ -112,12 +113,13 @@ class LLMEngine:
                          enable_prefix_caching=config.enable_prefix_caching,
                          key_every_image=config.transformers_compat))
         self.eos_token_ids = tuple(sorted(set(self.tokenizer.stop_token_ids) | set(self.model_config.text.eos_token_ids)))
-        self.requests: dict[str, _Request] = {}
+        self._requests: dict[str, list[Sequence]] = {}  # unfinished requests' sequences, one per completion
+        self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
 
     def add_request(self, request_id: str, prepared: PreparedInput, params: SamplingParams, grammar=None) -> None:
-        """Queue a request. `grammar` is its structured_outputs already compiled (`structured_output.compile`, which
-        a server runs off the engine's thread); when None and the request is constrained, it is compiled here."""
-        if request_id in self.requests:
+        """Queue a request. `grammar` is its structured_outputs already compiled (`compile_grammar`, which a
+        server runs off the engine's thread); when None and the request is constrained, it is compiled here."""
+        if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")
         max_tokens = self._check_length(prepared, params)
         if max_tokens != params.max_tokens:
@@ -125,16 +127,13 @@ class LLMEngine:
         structured = params.structured_outputs
         if grammar is None and structured is not None:
             grammar = self.structured_output.compile(structured)
-        request = _Request(request_id, prepared)
-        for index in range(params.n):
-            seq = self._new_sequence(request_id, prepared, params, index)
+        seqs = [self._new_sequence(request_id, prepared, params, index) for index in range(params.n)]
+        for seq in seqs:
             if grammar is not None:
                 self.structured_output.add(seq.seq_id, grammar, seq.stop_token_ids)
-            detokenizer = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids,
-                                                 skip_special_tokens=params.skip_special_tokens)
-            request.completions.append(_Completion(seq, detokenizer))
             self.scheduler.add(seq)
-        self.requests[request_id] = request
+        self.output_processor.add(request_id, prepared, params, seqs[0].stop_token_ids)
+        self._requests[request_id] = seqs
 
     def _new_sequence(self, request_id: str, prepared: PreparedInput, params: SamplingParams,
                       index: int = 0) -> Sequence:
@@ -163,14 +162,13 @@ class LLMEngine:
                              f"({limit} tokens)")
         return max_tokens
 
-    def abort_request(self, request_id: str) -> None:
-        request = self.requests.pop(request_id, None)
-        if request is None:
-            return
-        for completion in request.completions:
-            if not completion.seq.is_finished:
-                completion.seq.finish_reason = "abort"
-                self._release(completion.seq)
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """End a request now and free its blocks. Returns its last output (text held back for stop strings,
+        finish_reason "abort"), or None for an id that is not running."""
+        for seq in self._requests.pop(request_id, ()):
+            if not seq.is_finished:
+                self._release(seq)
+        return self.output_processor.abort(request_id)
 
     def prompt_logits(self, prepared: PreparedInput) -> torch.Tensor:
         """The model's logits [prompt tokens, vocab] at every prompt position (scoring, parity checks)."""
@@ -196,9 +194,38 @@ class LLMEngine:
             self.executor.shutdown()
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        return bool(self._requests)
+
+    def num_unfinished_requests(self) -> int:
+        return len(self._requests)
+
+    def process_prompt(self, prompt) -> PreparedInput:
+        """A completion prompt (text, {"prompt": ..., "images": [...]} or {"prompt_token_ids": ...}) as model
+        input: tokenized, images decoded and tiled. InputError (a ValueError) for a bad prompt."""
+        return self.input_processor.process_prompt(prompt)
+
+    def process_chat(self, messages: list[dict], **options) -> PreparedInput:
+        """OpenAI-style messages in the model's chat format, as model input; `options`: add_generation_prompt,
+        continue_final_message, date_string."""
+        return self.input_processor.process_chat(messages, **options)
+
+    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        """The token ids of a text prompt; add_special_tokens: with the BOS, placed as process_prompt places it."""
+        return self.tokenizer.encode(self.input_processor.with_bos(prompt) if add_special_tokens else prompt)
+
+    def compile_grammar(self, structured):
+        """StructuredOutputsParams -> the compiled grammar add_request takes (ValueError past the compile budget or
+        for a bad constraint). Thread-safe: a server compiles on its own threads, never the engine's."""
+        return self.structured_output.compile(structured)
+
+    @property
+    def num_embeddings(self) -> int:
+        """Rows of the token embedding: the ids a prompt_token_ids prompt may use."""
+        return self.input_processor.num_embeddings
 
     def stats(self) -> EngineStats:
+        """A snapshot for metrics. Cheap, and safe to call from another thread while a step runs: each field is
+        one atomic read (len() or an int), though fields may straddle a step (no consistency across them)."""
         scheduler, blocks = self.scheduler, self.scheduler.block_manager
         return EngineStats(
             num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
@@ -209,106 +236,48 @@ class LLMEngine:
             encoder_cache_queried_images=blocks.stats.queried_images,
             encoder_cache_hit_images=blocks.stats.hit_images,
             num_images_encoded=self.runner.vision.num_images_encoded,
+            num_kv_blocks=blocks.num_blocks,
         )
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduled batch; returns the requests it advanced (finished ones are then dropped)."""
+        """Run one scheduled batch; returns the requests it advanced, each with only what this step added (its
+        new text, token ids and logprobs: deltas, never a history). Finished requests are then dropped."""
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
         result = self.runner.run(batch)
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += num_new
-        touched: dict[str, _Request] = {}
+        self.scheduler.update(batch)
         failed = list(result.failed)
         for seq, token_id, logprobs in zip(result.seqs, result.token_ids, result.logprobs):
-            request = self.requests[seq.request_id]
             try:
-                self._append_token(request.completions[seq.index], token_id, logprobs)
+                self._append_token(seq, token_id, logprobs)
             except Exception as error:  # noqa: BLE001 - fails this request alone
                 failed.append((seq, error))
-            touched[seq.request_id] = request
         for seq, error in failed:
-            touched[seq.request_id] = self._fail_request(seq, error)
-        outputs = [self._output(request) for request in touched.values()]
-        for request in touched.values():
-            if request.finished:
-                del self.requests[request.request_id]
+            self._fail_request(seq, error)
+        outputs = self.output_processor.step_outputs()
+        for output in outputs:
+            if output.finished:
+                del self._requests[output.request_id]
         return outputs
 
-    def _append_token(self, completion: _Completion, token_id: int, logprobs: dict[int, float] | None) -> None:
-        seq = completion.seq
+    def _append_token(self, seq: Sequence, token_id: int, logprobs: dict[int, float] | None) -> None:
         seq.output_token_ids.append(token_id)
         self.structured_output.accept(seq.seq_id, token_id)
-        if logprobs is not None:
-            seq.output_logprobs.append(logprobs)
-        previous_len = len(completion.text)
-        completion.text += completion.detokenizer.step([token_id])
-        reason = self._finish_reason(completion, token_id, previous_len)
-        if reason is not None:
-            if not isinstance(seq.stop_reason, str):  # text cut at a stop string keeps nothing after it
-                completion.text += completion.detokenizer.flush()
-            seq.finish_reason = reason
+        grammar_done = self.structured_output.is_terminated(seq.seq_id)
+        if self.output_processor.append(seq.request_id, seq.index, token_id, logprobs, seq.num_tokens, grammar_done):
             self._release(seq)
 
-    def _finish_reason(self, completion: _Completion, token_id: int, previous_len: int) -> str | None:
-        seq, params = completion.seq, completion.seq.params
-        num_outputs = len(seq.output_token_ids)
-        if token_id in seq.stop_token_ids and num_outputs >= params.min_tokens:
-            seq.stop_reason = token_id if token_id in params.stop_token_ids else None
-            return "stop"
-        if self.structured_output.is_terminated(seq.seq_id):
-            return "stop"
-        if params.stop and num_outputs >= params.min_tokens and self._truncate_at_stop(completion, previous_len):
-            return "stop"
-        if num_outputs >= params.max_tokens or seq.num_tokens >= self.max_model_len:
-            return "length"
-        return None
-
-    @staticmethod
-    def _truncate_at_stop(completion: _Completion, previous_len: int) -> bool:
-        """Cut the text at the earliest stop string that this step's text completed."""
-        params, text = completion.seq.params, completion.text
-        search_from = max(0, previous_len - max(len(s) for s in params.stop) + 1)
-        found = ((text.find(s, search_from), s) for s in params.stop)
-        hits = [(position, s) for position, s in found if position >= 0]
-        if not hits:
-            return False
-        position, stop = min(hits)
-        end = position + len(stop) if params.include_stop_str_in_output else position
-        completion.text = text[:end]
-        completion.seq.stop_reason = stop
-        return True
-
-    def _fail_request(self, seq: Sequence, error: Exception) -> _Request:
+    def _fail_request(self, seq: Sequence, error: Exception) -> None:
         """End every completion of `seq`'s request with finish_reason "error"; the step goes on for the others."""
-        request = self.requests[seq.request_id]
-        if request.error is not None:  # another of its n sequences failed first
-            return request
+        if not self.output_processor.fail(seq.request_id, f"{type(error).__name__}: {error}"):
+            return  # another of its n sequences failed first
         logger.error("request %s failed in the engine; the other requests go on", seq.request_id,
                      exc_info=(type(error), error, error.__traceback__))
-        request.error = f"{type(error).__name__}: {error}"
-        for completion in request.completions:
-            if not completion.seq.is_finished:
-                completion.seq.finish_reason = "error"
-                self._release(completion.seq)
-        return request
+        for other in self._requests[seq.request_id]:
+            if not other.is_finished:
+                self._release(other)
 
     def _release(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         self.runner.release(seq)
-        self.structured_output.release(seq.seq_id)
-
-    @staticmethod
-    def _output(request: _Request) -> RequestOutput:
-        outputs = [
-            CompletionOutput(
-                index=c.seq.index, text=c.text, token_ids=list(c.seq.output_token_ids),
-                finish_reason=c.seq.finish_reason, stop_reason=c.seq.stop_reason,
-                logprobs=list(c.seq.output_logprobs) if c.seq.params.logprobs is not None else None,
-            )
-            for c in request.completions
-        ]
-        return RequestOutput(request.request_id, request.prepared.prompt, request.prepared.prompt_token_ids,
-                             outputs, finished=request.finished, num_images=request.prepared.num_images,
-                             error=request.error)

@@ -3,47 +3,19 @@ forward + sample."""
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from vlmserve.engine.cuda_graphs import DecodeGraphs, Forward
-from vlmserve.engine.sampler import Sampler, SamplingMetadata
-from vlmserve.engine.scheduler import ScheduledBatch
-from vlmserve.engine.structured_output import StructuredOutputManager
-from vlmserve.engine.sequence import Sequence
 from vlmserve.engine.early_fusion_state import EarlyFusionState
+from vlmserve.engine.sampler import Sampler, SamplingMetadata
+from vlmserve.engine.sequence import Sequence
+from vlmserve.engine.step_data import ForwardStep, ScheduledBatch, StepResult
+from vlmserve.engine.structured_output import StructuredOutputManager
 from vlmserve.engine.vision_state import VisionState
 from vlmserve.layers.attention_metadata import AttentionMetadata
 
 logger = logging.getLogger("vlmserve.engine")
-
-
-@dataclass
-class StepResult:
-    """The sequences whose step reached their last token, each with its sampled token (and logprobs), and those
-    whose sampling raised: one request's bad sampling fails that request, never the step."""
-
-    seqs: list[Sequence]
-    token_ids: list[int]
-    logprobs: list[dict[int, float] | None]  # per sequence: sampled + top tokens, when asked for
-    failed: list[tuple[Sequence, Exception]] = field(default_factory=list)
-
-
-@dataclass
-class ForwardStep:
-    """One step's forward as plain data and CPU tensors, made by rank 0 from its sequences: every tensor-parallel
-    rank runs the same step on its own shard and KV pool (`ModelRunner.execute`)."""
-
-    input_ids: list[int]
-    positions: list[int]
-    query_start_loc: list[int]
-    seq_lens: list[int]
-    block_tables: list[list[int]]
-    slot_mapping: list[int]
-    vision: Any  # the vision state's plan (CrossPlan, FeaturePlan) or None
-    logit_rows: list[int] | None  # flat-batch rows to compute logits at; None: every row
 
 
 class ModelRunner:
@@ -117,7 +89,7 @@ class ModelRunner:
         if self.graphs is not None and self.graphs.can_replay(step):
             return self.model.compute_logits(self.graphs.replay(step))
         vision = self.vision.execute(step.vision)
-        metadata = AttentionMetadata(
+        metadata = AttentionMetadata.build(
             query_start_loc=step.query_start_loc,
             seq_lens=step.seq_lens,
             block_tables=self._tensor(step.block_tables),
@@ -143,9 +115,13 @@ class ModelRunner:
         return self.execute(step)
 
     def release(self, seq: Sequence) -> None:
+        """Forget everything kept here for a finished sequence: its generator, prompt tensor, image state and
+        grammar matcher (idempotent)."""
         self.generators.pop(seq.seq_id, None)
         self.prompt_tensors.pop(seq.seq_id, None)
         self.vision.release(seq)
+        if self.structured_output is not None:
+            self.structured_output.release(seq.seq_id)
 
     def _plan(self, seqs: list[Sequence], num_new_tokens: list[int], logits_of: list[int] | None) -> ForwardStep:
         """The step that computes `num_new_tokens` of each sequence, with logits at the last new token of the

@@ -5,32 +5,25 @@ prompt being prefilled in chunks takes what is left of it), then waiting ones ar
 blocks and the sequence limit allow. A long prompt is thus prefilled over several steps while decodes keep
 running. When blocks run out, the newest running sequence is preempted by recompute: its blocks are freed and
 it goes back to the front of the queue, to be prefilled again (prompt and outputs so far) later.
+
+The scheduler is the one writer of `Sequence.num_computed_tokens`: it counts the cached prefix the block manager
+reports when a sequence is admitted, advances it by the batch once a step has run (`update`), and zeroes it when
+a sequence loses its blocks (preempted, finished).
 """
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vlmserve.engine.block_manager import BlockManager
 from vlmserve.engine.sequence import Sequence, SequenceStatus
+from vlmserve.engine.step_data import ScheduledBatch
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    max_model_len: int = 8192
-
-
-@dataclass
-class ScheduledBatch:
-    seqs: list[Sequence] = field(default_factory=list)
-    num_new_tokens: list[int] = field(default_factory=list)  # per sequence: tokens computed this step
-    num_tokens: int = 0
-
-    def add(self, seq: Sequence, num_new_tokens: int) -> None:
-        self.seqs.append(seq)
-        self.num_new_tokens.append(num_new_tokens)
-        self.num_tokens += num_new_tokens
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
 
 
 class Scheduler:
@@ -84,14 +77,24 @@ class Scheduler:
             if not self.block_manager.can_allocate(seq, target, hits):
                 return
             self.waiting.popleft()
-            self.block_manager.allocate(seq, target, hits)
+            seq.num_computed_tokens += self.block_manager.allocate(seq, target, hits)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             batch.add(seq, target - seq.num_computed_tokens)
 
+    def update(self, batch: ScheduledBatch) -> None:
+        """After the batch's step ran: its sequences' new tokens are computed (their K/V are in the cache)."""
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += num_new
+
+    def _free(self, seq: Sequence) -> None:
+        """Drop the sequence's blocks: it must recompute from scratch (minus cache hits) if it runs again."""
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        self.block_manager.free(seq)
+        self._free(seq)
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
@@ -102,5 +105,5 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.block_manager.free(seq)
+        self._free(seq)
         seq.status = SequenceStatus.FINISHED

@@ -36,15 +36,12 @@ class Sequence:
     index: int = 0  # which of the request's n completions
     stop_token_ids: tuple[int, ...] = ()  # tokens that end this sequence (EOS unless ignore_eos, plus stop_token_ids)
     output_token_ids: list[int] = field(default_factory=list)
-    output_logprobs: list[dict[int, float]] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
-    num_computed_tokens: int = 0  # tokens whose K/V is in the cache (computed, or found by prefix caching)
+    num_computed_tokens: int = 0  # tokens whose K/V is in the cache (computed, or found cached); the scheduler's
     block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of its full blocks, in order
     num_registered_blocks: int = 0  # leading blocks already offered to the prefix cache
     image_entries: list[Any] = field(default_factory=list)  # per image: the block manager's ImageEntry, when held
     status: SequenceStatus = SequenceStatus.WAITING
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
 
     _ids = itertools.count()
 

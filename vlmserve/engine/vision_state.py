@@ -7,43 +7,12 @@ rule, every token of a request with images (text before the first image attends 
 only its MLP branch is dropped).
 """
 
-from dataclasses import dataclass
-
 import torch
 
 from vlmserve.engine.sequence import MultiModalInputs, Sequence
+from vlmserve.engine.step_data import CrossPlan, ImageEncode, SeqCrossPlan
 from vlmserve.engine.vision_inputs import StepVisionInputs
 from vlmserve.layers.attention_metadata import CrossBatch, SeqCrossInputs
-
-
-@dataclass
-class ImageEncode:
-    """One image for the vision encoder, and the pool blocks its cross-attention K/V go to. Every rank encodes it
-    (the vision tower may be split across them) and writes its own kv heads into its own pool."""
-
-    pixel_values: torch.Tensor  # [1, tiles, 3, H, W], on the CPU
-    aspect_ratio_ids: torch.Tensor  # [1]
-    aspect_ratio_mask: torch.Tensor  # [1, tiles]
-    block_ids: list[int]
-
-
-@dataclass
-class SeqCrossPlan:
-    image_block_ids: list[list[int]]  # per image of the sequence: its pool blocks
-    num_tiles: list[int]  # per image: its real tiles
-    max_tiles: int
-    sees_image: torch.Tensor  # [q, images] bool, on the CPU: which images each cross-attending row sees
-
-
-@dataclass
-class CrossPlan:
-    """A step's cross-attention work, from the sequences, in plain data and CPU tensors: rank 0 makes it, every rank
-    turns it into the same CrossBatch over its own KV pool."""
-
-    encodes: list[ImageEncode]  # images to encode before the forward
-    rows: list[int]  # flat-batch rows that cross-attend, sequence by sequence
-    query_start_loc: list[int]
-    seqs: list[SeqCrossPlan]
 
 
 class VisionState:

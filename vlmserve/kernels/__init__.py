@@ -54,17 +54,12 @@ def paged_prefill_attention(
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-    seq_lens: list[int], query_start_loc: list[int], scale: float, chunk_size: int | None = None,
-    lens: DeviceLens | None = None,
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor, lens: DeviceLens,
+    scale: float, chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Causal attention of a flat batch's new tokens q [T, heads, d] (decodes and prefill chunks) over each
-    sequence's paged context -> [T, heads, d]. `lens`, the same lengths on the device, is what the Triton path
-    reads (without it, the twin runs)."""
-    if lens is not None and (fast := _kernels("batch_attention", q)) is not attention_ref:
-        return fast.paged_attention(q, k_cache, v_cache, block_tables, lens, scale, chunk_size)
-    return attention_ref.paged_attention(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale,
-                                         chunk_size)
+    """Causal attention of a flat batch's new tokens q [T, heads, d] (decodes and prefill chunks), packed by
+    lens.query_start_loc, over each sequence's paged context of lens.seq_lens tokens -> [T, heads, d]."""
+    return _kernels("batch_attention", q).paged_attention(q, k_cache, v_cache, block_tables, lens, scale, chunk_size)
 
 
 def cross_attention(q: torch.Tensor, kv_pool: torch.Tensor, inputs: CrossInputs, scale: float,

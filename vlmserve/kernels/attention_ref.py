@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from vlmserve.kernels.step_inputs import CrossInputs
+from vlmserve.kernels.step_inputs import CrossInputs, DeviceLens
 
 
 def write_kv_cache(
@@ -24,25 +24,25 @@ def paged_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     block_tables: torch.Tensor,
-    seq_lens: list[int],
-    query_start_loc: list[int],
+    lens: DeviceLens,
     scale: float,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Causal attention of new queries [T, heads, head_dim] over each sequence's cached context.
+    """The Triton batch kernel's twin: causal attention of new queries [T, heads, head_dim], packed by
+    lens.query_start_loc, over each sequence's cached context of lens.seq_lens tokens.
 
     The new tokens of a sequence are the last `q_len` of its `seq_len` context tokens. Sequences with one new
     token (decodes) are attended in one padded batch; longer ones (prefill chunks) one by one. With
     `chunk_size` (Llama 4's local layers) a query at position i sees only keys j <= i with j // C == i // C.
+    The lengths are read back to the host here (a sync on a GPU: the reason CUDA graphs need Triton).
     """
     out = torch.empty_like(q)
-    q_lens = [end - start for start, end in zip(query_start_loc, query_start_loc[1:])]
-    decodes = [i for i, q_len in enumerate(q_lens) if q_len == 1]
-    if decodes:
-        rows = torch.tensor([query_start_loc[i] for i in decodes], device=q.device)
-        lens = [seq_lens[i] for i in decodes]
-        out[rows] = _decode_attention(q[rows], k_cache, v_cache, block_tables[decodes], lens, scale, chunk_size)
-    _prefill_rows(out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, chunk_size)
+    if lens.num_decodes:
+        rows, seqs = lens.decode_rows, lens.decode_seqs
+        out[rows] = paged_decode_attention(q[rows], k_cache, v_cache, block_tables[seqs], lens.seq_lens[seqs], scale,
+                                           chunk_size)
+    _prefill_rows(out, q, k_cache, v_cache, block_tables, lens.seq_lens.tolist(), lens.query_start_loc.tolist(),
+                  scale, chunk_size)
     return out
 
 

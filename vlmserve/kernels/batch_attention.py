@@ -1,8 +1,9 @@
 """Triton paged attention over a flat batch of decodes and prefill chunks: the sequences with one new token go to
 the decode kernel (split over long contexts), the others to the prefill kernel.
 
-The fast twin of `attention_ref.paged_attention`, reading the lengths as device tensors (`DeviceLens`): nothing
-here syncs the host. A batch of decodes only (the CUDA-graph step) runs the decode kernel alone, on q as it is.
+The fast twin of `attention_ref.paged_attention` (same arguments), reading the lengths as device tensors
+(`DeviceLens`): nothing here syncs the host. A batch of decodes only (the CUDA-graph step) runs the decode kernel
+alone, on q as it is.
 """
 
 import torch

@@ -26,10 +26,8 @@ class PagedAttention(nn.Module):
     def forward(self, q, k, v, metadata: AttentionMetadata) -> torch.Tensor:
         """q [T, heads, d], k/v [T, kv_heads, d] -> [T, heads, d]."""
         kernels.write_kv_cache(k, v, self.k_cache, self.v_cache, metadata.slot_mapping)
-        return kernels.paged_attention(
-            q, self.k_cache, self.v_cache, metadata.block_tables, metadata.seq_lens, metadata.query_start_loc,
-            self.scale, self.chunk_size, metadata.device_lens,
-        )
+        return kernels.paged_attention(q, self.k_cache, self.v_cache, metadata.block_tables, metadata.lens,
+                                       self.scale, self.chunk_size)
 
 
 def cross_attention(q: torch.Tensor, layer_idx: int, cross: CrossBatch, scale: float) -> torch.Tensor:

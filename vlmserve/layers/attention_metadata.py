@@ -33,19 +33,22 @@ class CrossBatch:
 
 @dataclass
 class AttentionMetadata:
-    """A flat batch: the new tokens of all sequences concatenated, sequence by sequence."""
+    """A flat batch: the new tokens of all sequences concatenated, sequence by sequence. Its lengths are device
+    tensors only, on the block tables' device: what every attention kernel (and its torch twin) takes."""
 
-    query_start_loc: list[int]  # [num_seqs + 1] offsets into the flat token axis
-    seq_lens: list[int]  # [num_seqs] context length after this step (cached + new tokens)
+    lens: DeviceLens  # context length after this step (cached + new tokens), offsets into the flat token axis
     block_tables: torch.Tensor  # [num_seqs, max_blocks] int64, physical KV block ids
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot each new token's K/V is written to
     cross: CrossBatch | None = None  # None: no row of this step has anything to cross-attend
-    device_lens: DeviceLens | None = None  # seq_lens, query_start_loc as device tensors: made here on CUDA
 
-    def __post_init__(self):
-        if self.device_lens is None and self.block_tables.is_cuda:
-            self.device_lens = DeviceLens.build(self.seq_lens, self.query_start_loc, self.block_tables.device)
+    @classmethod
+    def build(cls, query_start_loc: list[int], seq_lens: list[int], block_tables: torch.Tensor,
+              slot_mapping: torch.Tensor, cross: CrossBatch | None = None) -> "AttentionMetadata":
+        """From the host-side lengths: `query_start_loc` [num_seqs + 1] offsets of each sequence's new tokens,
+        `seq_lens` [num_seqs] context lengths, copied to the device once for the whole step."""
+        return cls(DeviceLens.build(seq_lens, query_start_loc, block_tables.device), block_tables, slot_mapping,
+                   cross)
 
     @property
     def num_seqs(self) -> int:
-        return len(self.seq_lens)
+        return self.block_tables.shape[0]

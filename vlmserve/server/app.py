@@ -43,7 +43,7 @@ STREAM = {"text/event-stream": {}}  # its event schema: openapi.describe_server
 
 
 def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
-    metrics = Metrics(engine.engine)
+    metrics = Metrics(engine.stats)
     fetcher = ImageFetcher(config.image_fetch)
 
     @asynccontextmanager
@@ -65,9 +65,8 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
     app.add_middleware(AnswerErrors)
     app.add_middleware(CountRequests, metrics=metrics)  # outermost: counts what AnswerErrors answered too
     _add_routes(app, metrics)
-    llm = engine.engine
-    describe_server(app, ServedLimits(max_output_tokens=config.max_output_tokens, vocab_size=llm.tokenizer.vocab_size,
-                                      num_embeddings=llm.input_processor.num_embeddings,
+    describe_server(app, ServedLimits(max_output_tokens=config.max_output_tokens,
+                                      vocab_size=engine.tokenizer.vocab_size, num_embeddings=engine.num_embeddings,
                                       max_prompt_chars=client.max_prompt_chars))
     return app
 

@@ -18,7 +18,7 @@ from fastapi import Request
 
 from vlmserve.engine.async_engine import AsyncLLMEngine
 from vlmserve.engine.input_processor import PreparedInput
-from vlmserve.engine.outputs import CompletionOutput, RequestOutput
+from vlmserve.engine.outputs import CompletionOutput, OutputCollector, RequestOutput
 from vlmserve.sampling_params import SamplingParams
 from vlmserve.server.config import PROMPT_CHARS_PER_TOKEN, ServerConfig
 from vlmserve.server.errors import APIError, ClientDisconnected
@@ -58,10 +58,9 @@ class Started:
 
 class EngineClient:
     def __init__(self, engine: AsyncLLMEngine, config: ServerConfig, metrics: Metrics):
-        self.engine, self.config, self.metrics = engine, config, metrics
-        self.llm = engine.engine
+        self.engine, self.config, self.metrics = engine, config, metrics  # the AsyncLLMEngine is all it uses
         self.num_active = 0  # sequences of the admitted requests
-        self.max_prompt_chars = config.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * self.llm.max_model_len
+        self.max_prompt_chars = config.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * engine.max_model_len
         self._aborts: set[asyncio.Task] = set()
         self._pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="vlmserve-prepare")
 
@@ -71,7 +70,7 @@ class EngineClient:
 
     @property
     def max_model_len(self) -> int:
-        return self.llm.max_model_len
+        return self.engine.max_model_len
 
     @property
     def engine_dead(self) -> bool:
@@ -84,7 +83,7 @@ class EngineClient:
 
     def admit(self, key: str, num_seqs: int = 1) -> Slot:
         """Places for a request's `num_seqs` sequences: max_num_seqs running plus max_queue waiting, else 429."""
-        limit = self.llm.config.max_num_seqs + self.config.max_queue
+        limit = self.engine.config.max_num_seqs + self.config.max_queue
         if num_seqs > limit:
             raise APIError(400, f"n ({num_seqs}) is more than this server can ever run at once ({limit})", "n")
         if self.num_active + num_seqs > limit:
@@ -131,7 +130,7 @@ class EngineClient:
     async def compile_grammar(self, body: SamplingRequest, params: SamplingParams):
         """The request's output grammar, compiled on the preparation threads (within the engine's budget)."""
         try:
-            return await self.prepare(self.llm.structured_output.compile, params.structured_outputs)
+            return await self.prepare(self.engine.compile_grammar, params.structured_outputs)
         except ValueError as error:
             raise constraint_error(body, error) from None
 
@@ -222,14 +221,7 @@ async def _disconnected(request: Request) -> None:
 
 async def collect(outputs: AsyncIterator[RequestOutput]) -> tuple[RequestOutput, list[CompletionOutput]]:
     """Join a request's deltas: the last output, and per choice (by index) its whole text, ids and logprobs."""
-    choices: dict[int, CompletionOutput] = {}
-    last = None
-    async for last in outputs:
-        for delta in last.outputs:
-            choice = choices.setdefault(delta.index, CompletionOutput(delta.index, "", []))
-            choice.text += delta.text
-            choice.token_ids += delta.token_ids
-            if delta.logprobs is not None:
-                choice.logprobs = (choice.logprobs or []) + delta.logprobs
-            choice.finish_reason, choice.stop_reason = delta.finish_reason, delta.stop_reason
-    return last, [choices[i] for i in sorted(choices)]
+    collector = OutputCollector()
+    async for output in outputs:
+        collector.add(output)
+    return collector.last, collector.completions()

@@ -37,10 +37,9 @@ def serve(engine_config: EngineConfig, server_config: ServerConfig, *, host: str
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(levelname)s:     %(name)s: %(message)s")
     engine = AsyncLLMEngine.from_config(engine_config)
     app = build_app(engine, server_config)
-    llm = engine.engine
     logger.info("serving %r from %s on %s, max_model_len %d, max_num_seqs %d, %d KV blocks",
-                server_config.served_model_name, engine_config.model, llm.device, llm.max_model_len,
-                engine_config.max_num_seqs, llm.scheduler.block_manager.num_blocks)
+                server_config.served_model_name, engine_config.model, engine.device, engine.max_model_len,
+                engine_config.max_num_seqs, engine.stats().num_kv_blocks)
     logger.info("API keys: %s", f"{len(server_config.api_keys)} (Bearer auth on /v1, /tokenize, /detokenize, "
                 "/metrics)" if server_config.api_keys else "none: every client is served")
     logger.info("OpenAI-compatible API at http://%s:%d/v1 (docs at /docs)", host, port)

@@ -5,6 +5,7 @@ U+FFFD there, and `bytes` lets a client join such tokens exactly (as OpenAI docu
 """
 
 import functools
+import itertools
 
 from vlmserve.server.protocol import ChoiceLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
 from vlmserve.tokenizer.tokenizer import Tokenizer
@@ -34,7 +35,9 @@ def _entry(tokenizer: Tokenizer, token_id: int, logprob: float) -> TopLogprob:
 
 
 def _top(logprobs: dict[int, float], k: int) -> list[tuple[int, float]]:
-    return sorted(logprobs.items(), key=lambda item: -item[1])[:k]
+    """The k best: the engine's dicts hold the top tokens first, best first (then the sampled one, if not among
+    them), so they are not sorted again."""
+    return list(itertools.islice(logprobs.items(), k))
 
 
 def chat_logprobs(tokenizer: Tokenizer, token_ids: list[int], logprobs: list[dict[int, float]],

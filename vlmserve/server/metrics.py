@@ -3,16 +3,20 @@
 Each app gets its own registry, so several apps (tests) never share counters.
 """
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from vlmserve.engine.llm_engine import LLMEngine
+from vlmserve.engine.llm_engine import EngineStats
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
 
 class Metrics:
-    def __init__(self, engine: LLMEngine):
+    """`stats`: the engine's stats() (AsyncLLMEngine.stats), called at each scrape, while a step may run."""
+
+    def __init__(self, stats: Callable[[], EngineStats]):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("vlmserve_requests", "HTTP requests by endpoint and status code",
@@ -27,7 +31,7 @@ class Metrics:
                                              registry=r)
         self.e2e_latency = Histogram("vlmserve_e2e_request_latency_seconds", "arrival to the last token",
                                      buckets=LATENCY_BUCKETS, registry=r)
-        r.register(_EngineCollector(engine))
+        r.register(_EngineCollector(stats))
 
     def record_request(self, *, prompt_tokens: int, completion_tokens: int, num_images: int, cost: float,
                        key: str, latency_s: float) -> None:
@@ -39,13 +43,13 @@ class Metrics:
 
 
 class _EngineCollector:
-    """Gauges and cache counters from `LLMEngine.stats()`; they count sequences (n>1 requests count n)."""
+    """Gauges and cache counters from the engine's stats(); they count sequences (n>1 requests count n)."""
 
-    def __init__(self, engine: LLMEngine):
-        self.engine = engine
+    def __init__(self, stats: Callable[[], EngineStats]):
+        self.stats = stats
 
     def collect(self):
-        stats = self.engine.stats()
+        stats = self.stats()
         yield _gauge("vlmserve_num_requests_running", "sequences being generated", stats.num_running)
         yield _gauge("vlmserve_num_requests_waiting", "sequences waiting for a slot", stats.num_waiting)
         yield _gauge("vlmserve_kv_cache_usage_perc", "fraction of KV-cache blocks in use", stats.kv_cache_usage)

@@ -43,7 +43,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         messages = await resolve_images(body.messages, request.app.state.fetcher,
                                         max_images=config.max_images_per_request,
                                         max_image_bytes=config.max_image_bytes)
-        return await client.prepare(client.llm.input_processor.process_chat, messages, **chat_options(body))
+        return await client.prepare(client.engine.process_chat, messages, **chat_options(body))
 
     started = await client.start(request, key, body, prepare)
     params = started.params
@@ -52,7 +52,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return event_stream(_chunks(client, started.outputs, params, response_id, model, include_usage))
     last, choices = await until_disconnected(request, started.slot, started.outputs, collect(started.outputs))
-    tokenizer = client.llm.tokenizer
+    tokenizer = client.engine.tokenizer
     return ChatCompletionResponse(
         id=response_id, model=model,
         choices=[ChatChoice(index=c.index, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason,
@@ -77,7 +77,7 @@ async def _chunks(client: EngineClient, outputs: AsyncIterator[RequestOutput], p
             num_generated += len(c.token_ids)
             logprobs = None
             if params.logprobs is not None and c.token_ids:
-                logprobs = chat_logprobs(client.llm.tokenizer, c.token_ids, c.logprobs, params.logprobs)
+                logprobs = chat_logprobs(client.engine.tokenizer, c.token_ids, c.logprobs, params.logprobs)
             if c.text or logprobs:
                 yield chunk([ChatChunkChoice(index=c.index, delta=Delta(content=c.text), logprobs=logprobs)])
             if c.finish_reason:

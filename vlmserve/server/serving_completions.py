@@ -20,7 +20,7 @@ async def create_completion(body: CompletionRequest, request: Request, key: str)
     client: EngineClient = request.app.state.client
     prompt = body.prompt if isinstance(body.prompt, str) else {"prompt_token_ids": body.prompt}
     started = await client.start(request, key, body,
-                                 lambda: client.prepare(client.llm.input_processor.process_prompt, prompt))
+                                 lambda: client.prepare(client.engine.process_prompt, prompt))
     params = started.params
     response_id, model = f"cmpl-{uuid.uuid4().hex}", client.config.served_model_name
     if body.stream:
@@ -35,7 +35,7 @@ async def create_completion(body: CompletionRequest, request: Request, key: str)
 def _choice(client: EngineClient, c: CompletionOutput, params: SamplingParams, text_offset: int) -> CompletionChoice:
     logprobs = None
     if params.logprobs is not None:
-        logprobs = completion_logprobs(client.llm.tokenizer, c.token_ids, c.logprobs or [], params.logprobs,
+        logprobs = completion_logprobs(client.engine.tokenizer, c.token_ids, c.logprobs or [], params.logprobs,
                                        text_offset)
     return CompletionChoice(index=c.index, text=c.text, logprobs=logprobs, finish_reason=c.finish_reason,
                             stop_reason=c.stop_reason)

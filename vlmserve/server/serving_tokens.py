@@ -15,12 +15,10 @@ def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     client: EngineClient = request.app.state.client
     client.check_model(body.model)
     client.check_prompt_size(body)
-    tokenizer = client.llm.tokenizer
     if body.prompt is not None:
-        add_special_tokens = body.add_special_tokens is not False
-        prompt = client.llm.input_processor.with_bos(body.prompt) if add_special_tokens else body.prompt
-        tokens = tokenizer.encode(prompt)
+        tokens = client.engine.tokenize(body.prompt, add_special_tokens=body.add_special_tokens is not False)
     else:
+        tokenizer = client.engine.tokenizer
         messages = [message.model_dump(exclude_none=True) for message in body.messages]
         chat_ids, _ = encode_chat(tokenizer, messages, **chat_options(body))
         tokens = [tokenizer.bos_token_id, *chat_ids] if body.add_special_tokens else chat_ids
@@ -30,8 +28,9 @@ def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
 def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     client: EngineClient = request.app.state.client
     client.check_model(body.model)
-    vocab_size = client.llm.tokenizer.vocab_size
+    tokenizer = client.engine.tokenizer
+    vocab_size = tokenizer.vocab_size
     bad = [t for t in body.tokens if t >= vocab_size]
     if bad:
         raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})", "tokens")
-    return DetokenizeResponse(prompt=client.llm.tokenizer.decode(body.tokens))
+    return DetokenizeResponse(prompt=tokenizer.decode(body.tokens))

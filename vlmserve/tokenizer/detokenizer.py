@@ -21,12 +21,6 @@ class IncrementalDetokenizer:
         self._skip_special_tokens = skip_special_tokens
         self._window = list(prompt_token_ids or [])[-PROMPT_CONTEXT_TOKENS:]  # ids from the prefix offset on
         self._read_offset = len(self._window)  # index in _window: text of the ids before it is already out
-        self._pieces: list[str] = []
-
-    @property
-    def text(self) -> str:
-        """All text emitted so far."""
-        return "".join(self._pieces)
 
     def step(self, new_token_ids: list[int]) -> str:
         """Add generated ids; return the text they complete (empty while a character is still partial)."""
@@ -49,7 +43,6 @@ class IncrementalDetokenizer:
     def _emit(self, delta: str) -> str:
         self._window = self._window[self._read_offset:]
         self._read_offset = len(self._window)
-        self._pieces.append(delta)
         return delta
 
     def _decode(self, ids: list[int]) -> str:
