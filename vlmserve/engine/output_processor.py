@@ -5,7 +5,7 @@ request's history except the detokenizer's short window. A completion with stop 
 characters that a stop string could still begin in (one less than the longest), so text once sent is never cut.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vlmserve.engine.input_processor import PreparedInput
 from vlmserve.engine.outputs import CompletionOutput, RequestOutput
@@ -59,12 +59,11 @@ class _RequestState:
                              num_images=p.num_images, error=self.error)
 
 
-@dataclass
 class OutputProcessor:
-    tokenizer: Tokenizer
-    max_model_len: int
-    _requests: dict[str, _RequestState] = field(default_factory=dict)
-    _touched: dict[str, _RequestState] = field(default_factory=dict)  # advanced this step, in order
+    def __init__(self, tokenizer: Tokenizer, max_model_len: int):
+        self.tokenizer, self.max_model_len = tokenizer, max_model_len
+        self._requests: dict[str, _RequestState] = {}
+        self._touched: dict[str, _RequestState] = {}  # advanced this step, in the order they were
 
     def add(self, request_id: str, prepared: PreparedInput, params: SamplingParams,
             stop_token_ids: tuple[int, ...]) -> None:

@@ -84,7 +84,7 @@ def _add_routes(app: FastAPI, metrics: Metrics) -> None:
     @app.get("/v1/models", dependencies=guarded, responses=ERRORS)
     async def models(request: Request) -> ModelList:
         client: EngineClient = request.app.state.client
-        return ModelList(data=[ModelCard(id=client.config.served_model_name, max_model_len=client.max_model_len)])
+        return ModelList(data=[ModelCard(id=client.config.served_model_name, max_model_len=client.engine.max_model_len)])
 
     @app.post("/v1/chat/completions", response_model=None, responses={**ERRORS, 200: {
         "model": ChatCompletionResponse, "content": STREAM}})

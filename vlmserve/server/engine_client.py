@@ -69,10 +69,6 @@ class EngineClient:
         self._pool.shutdown(wait=False)
 
     @property
-    def max_model_len(self) -> int:
-        return self.engine.max_model_len
-
-    @property
     def engine_dead(self) -> bool:
         return self.engine.is_stopped
 
@@ -117,7 +113,7 @@ class EngineClient:
         slot = self.admit(key, body.n)
         try:
             prepared = await prepare()
-            params = sampling_params(body, len(prepared.prompt_token_ids), self.max_model_len,
+            params = sampling_params(body, len(prepared.prompt_token_ids), self.engine.max_model_len,
                                      self.config.max_output_tokens)
             grammar = None if params.structured_outputs is None else await self.compile_grammar(body, params)
         except BaseException:

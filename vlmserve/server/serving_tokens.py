@@ -22,7 +22,7 @@ def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
         messages = [message.model_dump(exclude_none=True) for message in body.messages]
         chat_ids, _ = encode_chat(tokenizer, messages, **chat_options(body))
         tokens = [tokenizer.bos_token_id, *chat_ids] if body.add_special_tokens else chat_ids
-    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=client.max_model_len)
+    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=client.engine.max_model_len)
 
 
 def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
