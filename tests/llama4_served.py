@@ -35,7 +35,7 @@ def build_served_llama4(path: Path) -> ServedLlama4:
                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
                 num_experts_per_tok=1, interleave_moe_layer_step=2, no_rope_layer_interval=2, use_qk_norm=True,
                 attention_chunk_size=8, attn_temperature_tuning=True, floor_scale=4, attn_scale=0.2,
-                hidden_act="silu", max_position_embeddings=2048, pad_token_id=200018, bos_token_id=200000,
+                hidden_act="silu", max_position_embeddings=8192, pad_token_id=200018, bos_token_id=200000,
                 eos_token_id=[200001, 200007, 200008],
                 rope_parameters=dict(rope_type="default", rope_theta=500000.0))
     vision = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=TILE,

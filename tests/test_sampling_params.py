@@ -98,7 +98,7 @@ def test_sampling_params_accept_a_dict_of_structured_outputs():
 
 
 @pytest.mark.parametrize("fields, match", [
-    (dict(), "exactly one of json, regex, choice, grammar, json_object; got none"),
+    (dict(), "exactly one of json, regex, choice, grammar, json_object, structural_tag; got none"),
     (dict(regex="a", choice=["a"]), "got regex and choice"),
     (dict(json={"type": "object"}, json_object=True), "got json and json_object"),
     (dict(disable_any_whitespace=True), "got none"),

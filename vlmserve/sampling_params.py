@@ -7,7 +7,7 @@ from dataclasses import dataclass
 MAX_LOGPROBS = 20
 # Integers reach int64 tensors (top-k, stop-token bans, generator seeds): anything outside would overflow there.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object")  # exactly one is set
+STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")  # exactly one is set
 
 # name -> (accepts, what is accepted); checked after the type.
 _FLOAT_RANGES = {
@@ -37,7 +37,8 @@ class StructuredOutputsParams:
 
     `json`: a JSON schema, as a dict or JSON text (normalised to a dict); `json_object`: any JSON object (OpenAI's
     `response_format={"type": "json_object"}`); `regex`: the whole output matches it; `choice`: the output is one of
-    these strings; `grammar`: an EBNF grammar as xgrammar reads it (rule `root`). JSON may have at most 20 whitespace
+    these strings; `grammar`: an EBNF grammar as xgrammar reads it (rule `root`); `structural_tag`: an xgrammar
+    structural tag (`{"type": "structural_tag", "format": ...}`, as a dict or JSON text). JSON may have at most 20 whitespace
     characters between two tokens, so a model cannot pad it with whitespace until max_tokens; `disable_any_whitespace`
     makes it compact (", " and ": " separators only).
     Whether the schema, regex or grammar compiles is checked when the request is added (ValueError), since that
@@ -49,6 +50,7 @@ class StructuredOutputsParams:
     choice: list[str] | None = None
     grammar: str | None = None
     json_object: bool = False
+    structural_tag: dict | str | None = None
     disable_any_whitespace: bool = False
 
     def __post_init__(self) -> None:
@@ -60,6 +62,7 @@ class StructuredOutputsParams:
             raise ValueError(f"structured_outputs needs exactly one of {', '.join(STRUCTURED_OUTPUT_KINDS)}; got "
                              f"{' and '.join(chosen) if chosen else 'none'}")
         self.json = _normalised_schema(self.json)
+        self.structural_tag = _normalised_structural_tag(self.structural_tag)
         for name in ("regex", "grammar"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value):
@@ -72,7 +75,7 @@ class StructuredOutputsParams:
 
     @property
     def kind(self) -> str:
-        """The name of the field that is set: "json", "regex", "choice", "grammar" or "json_object"."""
+        """The name of the field that is set: one of STRUCTURED_OUTPUT_KINDS."""
         return self._set_kinds()[0]
 
     def _set_kinds(self) -> list[str]:
@@ -179,6 +182,20 @@ def _normalised_schema(schema) -> dict | None:
     if schema is not None and not isinstance(schema, dict):
         raise ValueError(f"structured_outputs.json must be a JSON schema object (dict or JSON text), got {schema!r}")
     return schema
+
+
+def _normalised_structural_tag(tag: dict | str | None) -> str | None:
+    """The tag as JSON text (xgrammar reads it so); its format is checked when it compiles."""
+    if tag is None:
+        return None
+    if isinstance(tag, str):
+        try:
+            tag = json.loads(tag)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"structured_outputs.structural_tag is not valid JSON: {error}") from None
+    if not (isinstance(tag, dict) and tag.get("type") == "structural_tag" and "format" in tag):
+        raise ValueError('structured_outputs.structural_tag must be {"type": "structural_tag", "format": ...}')
+    return json.dumps(tag, ensure_ascii=False)
 
 
 def _structured_outputs(value) -> StructuredOutputsParams | None:

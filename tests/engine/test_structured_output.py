@@ -72,6 +72,14 @@ def test_choice_and_regex(llm):
         assert output.finish_reason == "stop" and re.fullmatch("[0-9]{3}-[a-z]{2}", output.text)
 
 
+def test_structural_tag(llm):
+    number = {"type": "json_schema", "json_schema": {"type": "integer", "minimum": 0, "maximum": 99}}
+    tag = {"type": "structural_tag", "format": {"type": "sequence", "elements": [
+        {"type": "const_string", "value": "f(a="}, number, {"type": "const_string", "value": ")"}]}}
+    for output in generate(llm, {"structural_tag": tag}):
+        assert output.finish_reason == "stop" and re.fullmatch(r"f\(a=([0-9]|[1-9][0-9])\)", output.text)
+
+
 def test_grammar_ends_the_completion_without_stop_tokens_or_before_min_tokens(llm):
     choices = ["yes", "no", "maybe"]
     for options in (dict(ignore_eos=True), dict(min_tokens=10)):
@@ -83,6 +91,9 @@ def test_grammar_ends_the_completion_without_stop_tokens_or_before_min_tokens(ll
     ({"json": {"type": "nonsense"}}, "structured_outputs.json is invalid"),
     ({"regex": "[0-9"}, "structured_outputs.regex.*Unclosed"),
     ({"grammar": "root ::= missing_rule"}, "structured_outputs.grammar.*missing_rule"),
+    ({"structural_tag": {"type": "structural_tag", "format": {"type": "nonsense"}}},
+     "structured_outputs.structural_tag is invalid"),
+    ({"structural_tag": '{"type": "grammar"}'}, "structured_outputs.structural_tag must be"),
 ])
 def test_invalid_constraint_raises_at_generate_and_the_engine_serves_on(llm, structured_outputs, match):
     with pytest.raises(ValueError, match=match):

@@ -37,7 +37,8 @@ def assert_error(response, status: int, param: str | None = None) -> dict:
 
 @pytest.mark.parametrize("extra, param", [
     ({"temperature": 3}, "temperature"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "code_interpreter"}]}, "tools.0.type"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}, "tools.0.function.parameters"),
     ({"tool_choice": "auto"}, "tool_choice"),
     ({"logit_bias": {"50": 5}}, "logit_bias"),
     ({"modalities": ["text", "audio"]}, "modalities"),
@@ -50,7 +51,8 @@ def assert_error(response, status: int, param: str | None = None) -> dict:
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"max_tokens": 20000}, "max_tokens"),
     ({"max_tokens": 4000}, "max_tokens"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id"),
+    ({"messages": [{"role": "developer", "content": "x"}]}, "messages.0.role"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages.0.name"),
 ])

@@ -99,3 +99,31 @@ def test_json_schema_output_validates(client):
     answer = ask(client, [{"role": "user", "content": "How do you feel?"}], max_tokens=200, temperature=0,
                  response_format={"type": "json_schema", "json_schema": {"name": "mood", "schema": SCHEMA}})
     jsonschema.validate(json.loads(answer.choices[0].message.content), SCHEMA)
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city", "strict": True,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                   "required": ["city"], "additionalProperties": False}}}
+
+# Not strict, so the answer is free text: under ignore_eos a strict tool's "text or a call" grammar ends at once.
+LOOSE_WEATHER_TOOL = {"type": "function", "function": {**WEATHER_TOOL["function"], "strict": False}}
+
+
+def test_tool_round_trip_with_the_openai_client(client):
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    first = ask(client, messages, tools=[WEATHER_TOOL], tool_choice="required", temperature=0, max_tokens=40)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"])
+    streamed = list(ask(client, messages, tools=[WEATHER_TOOL], tool_choice="required", temperature=0,
+                        max_tokens=40, stream=True))
+    pieces = [d for chunk in streamed for d in (chunk.choices[0].delta.tool_calls or [])]
+    assert pieces[0].id and pieces[0].function.name == "get_weather"
+    assert "".join(p.function.arguments or "" for p in pieces) == call.function.arguments
+    answer = ask(client, [*messages, choice.message.model_dump(exclude_none=True),
+                          {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"}],
+                 tools=[LOOSE_WEATHER_TOOL], temperature=0, max_tokens=4, extra_body={"ignore_eos": True})
+    assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 4

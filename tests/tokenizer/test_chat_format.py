@@ -158,7 +158,7 @@ def test_continue_final_message(tokenizer):
 
 @pytest.mark.parametrize("messages, options, message", [
     ([], {}, "messages is empty"),
-    ([{"role": "tool", "content": "42"}], {}, "'tool'"),
+    ([{"role": "tool", "content": "42"}], {}, r"messages\[0\] is a tool message whose tool_call_id None answers no"),
     ([{"role": "developer", "content": "x"}], {}, "'developer'"),
     ([{"content": "no role"}], {}, "role None"),
     ([user("Hi"), {"role": "system", "content": "late"}], {}, r"messages\[1\] is a system message"),

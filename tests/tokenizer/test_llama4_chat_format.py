@@ -125,7 +125,7 @@ def test_render_family_chat():
 
 @pytest.mark.parametrize("messages, options, message", [
     ([], {}, "messages is empty"),
-    ([{"role": "tool", "content": "42"}], {}, "'tool'"),
+    ([{"role": "tool", "content": "42"}], {}, r"messages\[0\] is a tool message whose tool_call_id None answers no"),
     ([user("Hi"), system("late")], {}, r"messages\[1\] is a system message"),
     ([user("Hi"), assistant("x")], {"continue_final_message": True}, "cannot both be true"),
     ([user("Hi")], {"continue_final_message": True, "add_generation_prompt": False}, "last message"),

@@ -37,16 +37,17 @@ _JSON = "structured_outputs.json"
 _HUGE = 10**9  # any count past this is just "too large" (and keeps messages short)
 
 
-def check_schema(schema: dict) -> str:
-    """The schema as the JSON text xgrammar converts; raises ValueError if it is over a limit."""
-    totals = _SchemaTotals()
+def check_schema(schema: dict, field: str = _JSON) -> str:
+    """The schema as the JSON text xgrammar converts; raises ValueError if it is over a limit. A structural tag is
+    checked the same way (`field` names it): the schemas it holds are its subschemas."""
+    totals = _SchemaTotals(field)
     for subschema, depth in _subschemas(schema):
         totals.add(subschema, depth)
-    _check(_JSON, "schema nesting depth", totals.depth, MAX_SCHEMA_DEPTH)
+    _check(field, "schema nesting depth", totals.depth, MAX_SCHEMA_DEPTH)
     text = json.dumps(schema)
-    _check(_JSON, "schema size in bytes", len(text), MAX_SCHEMA_BYTES)
-    _check(_JSON, "total length of enum and const values", totals.literal_chars, MAX_LITERAL_CHARS)
-    _check(_JSON, "repetition count of all patterns together", totals.repeats, MAX_REPEAT)
+    _check(field, "schema size in bytes", len(text), MAX_SCHEMA_BYTES)
+    _check(field, "total length of enum and const values", totals.literal_chars, MAX_LITERAL_CHARS)
+    _check(field, "repetition count of all patterns together", totals.repeats, MAX_REPEAT)
     return text
 
 
@@ -79,6 +80,7 @@ def _check(field: str, what: str, value: int, limit: int) -> None:
 
 @dataclass
 class _SchemaTotals:
+    field: str
     depth: int = 0
     literal_chars: int = 0
     repeats: int = 0
@@ -90,17 +92,17 @@ class _SchemaTotals:
         if isinstance(properties, dict):
             required = required if isinstance(required, list) else []
             optional = set(properties) - {name for name in required if isinstance(name, str)}
-            _check(_JSON, "number of optional properties of one object", len(optional), MAX_OPTIONAL_PROPERTIES)
+            _check(self.field, "number of optional properties of one object", len(optional), MAX_OPTIONAL_PROPERTIES)
         enum = schema.get("enum")
         if isinstance(enum, list):
-            _check(_JSON, "number of enum values", len(enum), MAX_CHOICES)
+            _check(self.field, "number of enum values", len(enum), MAX_CHOICES)
             self.literal_chars += sum(len(json.dumps(value)) for value in enum)
         if "const" in schema:
             self.literal_chars += len(json.dumps(schema["const"]))
         patterns = [schema["pattern"]] if isinstance(schema.get("pattern"), str) else []
         if isinstance(schema.get("patternProperties"), dict):
             patterns += schema["patternProperties"]
-        self.repeats += sum(check_regex(f"{_JSON} pattern", pattern) for pattern in patterns)
+        self.repeats += sum(check_regex(f"{self.field} pattern", pattern) for pattern in patterns)
 
 
 def _subschemas(schema: dict) -> Iterator[tuple[dict, int]]:

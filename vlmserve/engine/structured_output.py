@@ -1,6 +1,6 @@
 """Grammar-constrained decoding with xgrammar: one compiler per engine, one matcher per constrained sequence.
 
-A request's JSON schema, regex, choice or grammar is compiled when the request is added, or beforehand on a
+A request's JSON schema, regex, choice, grammar or structural tag is compiled when the request is added, or beforehand on a
 server's preparation threads (errors surface there as ValueError, never in the engine loop; xgrammar caches
 compiled grammars, so a repeated one costs only its conversion). Compiling is bounded three ways: static limits
 (grammar_limits), the size of the grammar xgrammar converts the input to, and a time budget. Each of its sequences
@@ -19,6 +19,7 @@ import torch
 import xgrammar as xgr
 
 from vlmserve.engine import grammar_limits
+from vlmserve.engine.grammar_rules import merge_identical_rules
 from vlmserve.sampling_params import StructuredOutputsParams
 from vlmserve.tokenizer.tokenizer import Tokenizer
 
@@ -143,6 +144,9 @@ def _converter(params: StructuredOutputsParams) -> Callable[[], xgr.Grammar]:
         text = _ANY_JSON_OBJECT if params.json_object else grammar_limits.check_schema(params.json)
         whitespace = {"any_whitespace": not params.disable_any_whitespace, "max_whitespace_cnt": MAX_JSON_WHITESPACE}
         return lambda: xgr.Grammar.from_json_schema(text, **whitespace)
+    if params.structural_tag is not None:
+        text = grammar_limits.check_schema(json.loads(params.structural_tag), "structured_outputs.structural_tag")
+        return lambda: xgr.Grammar.from_ebnf(merge_identical_rules(str(xgr.Grammar.from_structural_tag(text))))
     if params.regex is not None:
         grammar_limits.check_regex("structured_outputs.regex", params.regex)
         return lambda: xgr.Grammar.from_regex(params.regex)

@@ -11,6 +11,7 @@ from vlmserve.engine.image_prompts import ImagePrompts
 from vlmserve.engine.vision_inputs import VisionInputs
 from vlmserve.tokenizer.chat_messages import RenderedChat
 from vlmserve.tokenizer.tokenizer import SpecialTokens, Tokenizer
+from vlmserve.tool_calls.types import ToolCallFormat
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,9 @@ class ModelFamily:
     parse_config: Callable[[dict[str, Any]], Any]  # config.json -> typed config; raises ConfigError
     model_class: type[nn.Module]  # (config, transformers_compat=, tp=)
     special_tokens: SpecialTokens
-    # (messages, *, add_generation_prompt, continue_final_message, date_string) -> the chat in this format
+    # (messages, *, add_generation_prompt, continue_final_message, date_string, tools) -> the chat in this format
     render_chat: Callable[..., RenderedChat]
+    tool_format: ToolCallFormat  # how the model writes tool calls, which render_chat asks of it
     image_prompts: Callable[[Path, Any, Tokenizer], ImagePrompts]  # (model dir, config, tokenizer)
     vision_state: type[VisionInputs]  # where image features go: cross-attention K/V, or embeddings in place
     num_embeddings: Callable[[Any], int]  # rows of the embedding table: the prompt ids it accepts

@@ -18,7 +18,7 @@ from vlmserve.multimodal.llama4_processor import (
     Llama4ImageTokenIds,
     image_token_ids,
 )
-from vlmserve.tokenizer.llama4_chat_format import render_llama4_chat
+from vlmserve.tokenizer.llama4_chat_format import TOOL_FORMAT, render_llama4_chat
 from vlmserve.tokenizer.tokenizer import LLAMA4_SPECIAL_TOKENS, Tokenizer
 
 LLAMA4_IMAGE_TOKENS = {"image_start": "<|image_start|>", "image_end": "<|image_end|>", "image": "<|image|>",
@@ -66,6 +66,7 @@ LLAMA4 = ModelFamily(
     model_class=Llama4ForConditionalGeneration,
     special_tokens=LLAMA4_SPECIAL_TOKENS,
     render_chat=render_llama4_chat,
+    tool_format=TOOL_FORMAT,
     image_prompts=_image_prompts,
     vision_state=EarlyFusionState,
     num_embeddings=lambda config: config.text.vocab_size,

@@ -8,7 +8,7 @@ from vlmserve.families.base import ModelFamily
 from vlmserve.models.mllama import MllamaForConditionalGeneration
 from vlmserve.models.mllama_config import MllamaConfig, parse_mllama_config
 from vlmserve.multimodal.mllama_processor import MllamaImageConfig
-from vlmserve.tokenizer.chat_format import render_chat
+from vlmserve.tokenizer.chat_format import TOOL_FORMAT, render_chat
 from vlmserve.tokenizer.tokenizer import LLAMA3_SPECIAL_TOKENS, Tokenizer
 
 
@@ -36,6 +36,7 @@ MLLAMA = ModelFamily(
     model_class=MllamaForConditionalGeneration,
     special_tokens=LLAMA3_SPECIAL_TOKENS,
     render_chat=render_chat,
+    tool_format=TOOL_FORMAT,
     image_prompts=_image_prompts,
     vision_state=VisionState,
     num_embeddings=lambda config: config.text.vocab_size + 8,

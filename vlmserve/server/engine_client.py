@@ -19,7 +19,7 @@ from fastapi import Request
 from vlmserve.engine.async_engine import AsyncLLMEngine
 from vlmserve.engine.input_processor import PreparedInput
 from vlmserve.engine.outputs import CompletionOutput, OutputCollector, RequestOutput
-from vlmserve.sampling_params import SamplingParams
+from vlmserve.sampling_params import SamplingParams, StructuredOutputsParams
 from vlmserve.server.config import PROMPT_CHARS_PER_TOKEN, ServerConfig
 from vlmserve.server.errors import APIError, ClientDisconnected
 from vlmserve.server.metrics import Metrics
@@ -102,11 +102,13 @@ class EngineClient:
         return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     async def start(self, request: Request, key: str, body: SamplingRequest,
-                    prepare: Callable[[], Awaitable[PreparedInput]]) -> Started:
+                    prepare: Callable[[], Awaitable[PreparedInput]],
+                    tool_constraint: StructuredOutputsParams | None = None) -> Started:
         """What every generating endpoint does first: check the model and the fields, take places in the queue,
         prepare the input, its sampling parameters and its output grammar (giving the places back if that fails),
         then start generating and wait for the first output, so that errors the engine raises when the request
-        is added become an HTTP error rather than a broken stream."""
+        is added become an HTTP error rather than a broken stream. `tool_constraint`: the grammar of its
+        tool_choice."""
         self.check_model(body.model)
         reject_unsupported(body)
         self.check_prompt_size(body)
@@ -114,8 +116,9 @@ class EngineClient:
         try:
             prepared = await prepare()
             params = sampling_params(body, len(prepared.prompt_token_ids), self.engine.max_model_len,
-                                     self.config.max_output_tokens)
-            grammar = None if params.structured_outputs is None else await self.compile_grammar(body, params)
+                                     self.config.max_output_tokens, tool_constraint)
+            grammar = (None if params.structured_outputs is None
+                       else await self.compile_grammar(body, params, tool_constraint))
         except BaseException:
             slot.release()
             raise
@@ -123,12 +126,13 @@ class EngineClient:
         first = await until_disconnected(request, slot, outputs, anext(outputs))
         return Started(params, with_first(first, outputs), slot)
 
-    async def compile_grammar(self, body: SamplingRequest, params: SamplingParams):
+    async def compile_grammar(self, body: SamplingRequest, params: SamplingParams,
+                              tool_constraint: StructuredOutputsParams | None = None):
         """The request's output grammar, compiled on the preparation threads (within the engine's budget)."""
         try:
             return await self.prepare(self.engine.compile_grammar, params.structured_outputs)
         except ValueError as error:
-            raise constraint_error(body, error) from None
+            raise constraint_error(body, error, tool_constraint) from None
 
     def usage(self, prompt_tokens: int, completion_tokens: int, num_images: int) -> Usage:
         price = self.config.pricing.price(self.config.served_model_name)

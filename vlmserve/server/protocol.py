@@ -30,6 +30,7 @@ MAX_N = 128  # OpenAI's limit on completions per request
 MAX_STOP_STRINGS = 64  # each generated token is checked against every stop string
 MAX_STOP_STRING_CHARS = 4096
 MAX_STOP_TOKEN_IDS = 256
+MAX_TOOLS = 128  # OpenAI's limit on tools per request
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 ImageURLString = Annotated[Text, Field(
     pattern=r"^([hH][tT][tT][pP][sS]?://|[dD][aA][tT][aA]:)",
@@ -37,8 +38,8 @@ ImageURLString = Annotated[Text, Field(
 
 # Fields typed above as the only values this server accepts, and why it cannot honour the others.
 UNSUPPORTED = {
-    "tools": "tool calling is not implemented yet", "tool_choice": "tool calling is not implemented yet",
-    "functions": "function calling is not implemented yet", "function_call": "function calling is not implemented yet",
+    "functions": "the legacy functions field is not supported; send tools", "function_call": "the legacy "
+    "function_call field is not supported; send tool_choice",
     "audio": "the models have no audio output", "modalities": "the models answer in text only",
     "prediction": "predicted outputs are not implemented", "reasoning_effort": "the models do not reason in a "
     "separate channel", "web_search_options": "this server does not search the web", "logit_bias": "logit_bias is "
@@ -79,12 +80,60 @@ class UserMessageParam(Strict):
     content: Text | list[ContentPart]
 
 
+ToolName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="OpenAI's rule for function names")]
+
+
+class ToolCallFunctionParam(Strict):
+    name: Text
+    arguments: Text = Field(description="the arguments as JSON text (an object)")
+
+
+class ToolCallParam(Strict):
+    id: Text
+    type: Literal["function"]
+    function: ToolCallFunctionParam
+
+
 class AssistantMessageParam(Strict):
     role: Literal["assistant"]
     content: Text | list[TextPart] | None = None
+    tool_calls: list[ToolCallParam] | None = None
+    # What the openai client's message objects carry when a client sends one back: none of it changes the answer.
+    refusal: None = None
+    annotations: Annotated[list[Any], Field(max_length=0)] | None = None
+    audio: None = None
+    function_call: None = None
 
 
-ChatMessage = Annotated[SystemMessageParam | UserMessageParam | AssistantMessageParam, Field(discriminator="role")]
+class ToolMessageParam(Strict):
+    role: Literal["tool"]
+    content: Text | list[TextPart]
+    tool_call_id: Text
+
+
+ChatMessage = Annotated[SystemMessageParam | UserMessageParam | AssistantMessageParam | ToolMessageParam,
+                        Field(discriminator="role")]
+
+
+class FunctionDefinition(Strict):
+    name: ToolName
+    description: Text | None = None
+    parameters: JSONObject | None = Field(None, description="a JSON schema of the arguments object; omitted: none")
+    strict: bool | None = Field(None, description="true: every call's arguments match the schema (by grammar)")
+
+
+class ToolParam(Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(Strict):
+    name: Text
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: ToolChoiceFunction
 
 
 class StreamOptions(Strict):
@@ -177,9 +226,11 @@ class ChatCompletionRequest(SamplingRequest):
         None, description="default: true unless the last message is from the assistant")
     continue_final_message: bool | None = Field(
         None, description="default: true when the last message is from the assistant (its text is continued)")
-    parallel_tool_calls: bool | None = None
-    tools: Annotated[list[Any], Field(max_length=0)] | None = None
-    tool_choice: Literal["none"] | None = None
+    tools: Annotated[list[ToolParam], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="default: auto with tools, none without; required and a named function are enforced by "
+                          "the output grammar")
+    parallel_tool_calls: bool | None = Field(None, description="default true (Llama 3.2 writes one call at most)")
     functions: Annotated[list[Any], Field(max_length=0)] | None = None
     function_call: Literal["none"] | None = None
     audio: None = None
@@ -220,9 +271,21 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="JSON text")
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatChoice(BaseModel):
@@ -246,9 +309,24 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = Field(None, exclude_if=lambda v: v is None)
+    arguments: str
+
+
+class ToolCallDelta(BaseModel):
+    """The first delta of a call carries its id, type and name (arguments ""); later ones append arguments."""
+
+    index: int
+    id: str | None = Field(None, exclude_if=lambda v: v is None)
+    type: Literal["function"] | None = Field(None, exclude_if=lambda v: v is None)
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = Field(None, exclude_if=lambda v: v is None)
     content: str | None = Field(None, exclude_if=lambda v: v is None)
+    tool_calls: list[ToolCallDelta] | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatChunkChoice(BaseModel):

@@ -1,6 +1,6 @@
 """A validated request -> `SamplingParams`, with OpenAI's defaults; fields we cannot honour are refused here."""
 
-from vlmserve.sampling_params import SamplingParams
+from vlmserve.sampling_params import SamplingParams, StructuredOutputsParams
 from vlmserve.server.errors import APIError
 from vlmserve.server.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 
@@ -18,19 +18,23 @@ def reject_unsupported(request: SamplingRequest) -> None:
         raise APIError(400, "best_of is not supported (only best_of == n)", "best_of")
 
 
-def structured_outputs(request: SamplingRequest) -> dict | None:
-    """One constraint from response_format, structured_outputs or the legacy guided_* fields; two conflict."""
-    found = _constraints(request)
+def structured_outputs(request: SamplingRequest, tool_constraint: StructuredOutputsParams | None = None
+                       ) -> dict | StructuredOutputsParams | None:
+    """One constraint from response_format, structured_outputs, the legacy guided_* fields or the tools' grammar
+    (tool_choice); two conflict."""
+    found = _constraints(request, tool_constraint)
     if len(found) > 1:
         raise APIError(400, f"give only one output constraint; got {', '.join(found)}", sorted(found)[1])
     return next(iter(found.values()), None)
 
 
-def constraint_error(request: SamplingRequest, error: ValueError) -> APIError:
+def constraint_error(request: SamplingRequest, error: ValueError,
+                     tool_constraint: StructuredOutputsParams | None = None) -> APIError:
     """A 400 for a constraint the engine refused, naming the field the client sent it in: the engine names its
-    own (`structured_outputs.<kind> ...`), which for response_format or a guided_* field is not the client's."""
+    own (`structured_outputs.<kind> ...`), which for response_format, tools or a guided_* field is not the
+    client's."""
     message = str(error)
-    source = next(iter(_constraints(request)), None)
+    source = next(iter(_constraints(request, tool_constraint)), None)
     own, _, rest = message.partition(" ")
     if source is None or not own.startswith("structured_outputs"):
         return APIError(400, message)
@@ -38,9 +42,10 @@ def constraint_error(request: SamplingRequest, error: ValueError) -> APIError:
     return APIError(400, f"{param} {rest}", param)
 
 
-def _constraints(request: SamplingRequest) -> dict[str, dict]:
+def _constraints(request: SamplingRequest, tool_constraint: StructuredOutputsParams | None
+                 ) -> dict[str, dict | StructuredOutputsParams]:
     """The output constraints the request gives, by the field that gives each."""
-    found = {}
+    found: dict[str, dict | StructuredOutputsParams] = {} if tool_constraint is None else {"tools": tool_constraint}
     if request.response_format is not None and request.response_format.type != "text":
         found["response_format"] = _from_response_format(request)
     if request.structured_outputs is not None:
@@ -59,13 +64,15 @@ def _from_response_format(request: SamplingRequest) -> dict:
 
 
 def sampling_params(request: SamplingRequest, num_prompt_tokens: int, max_model_len: int,
-                    max_output_tokens: int) -> SamplingParams:
+                    max_output_tokens: int, tool_constraint: StructuredOutputsParams | None = None
+                    ) -> SamplingParams:
     """OpenAI defaults for unset fields; max_tokens defaults to the room left in the context, capped by the
-    server's output limit (None lets the engine work out the room, which may be less where the KV cache is)."""
+    server's output limit (None lets the engine work out the room, which may be less where the KV cache is).
+    `tool_constraint`: the grammar the request's tool_choice asks for."""
     max_tokens = _max_tokens(request, num_prompt_tokens, max_model_len, max_output_tokens)
     values = {name: default if getattr(request, name) is None else getattr(request, name)
               for name, default in OPENAI_DEFAULTS.items()}
-    constraint = structured_outputs(request)
+    constraint = structured_outputs(request, tool_constraint)
     extra = {} if constraint is None else {"structured_outputs": constraint}
     try:
         return SamplingParams(
@@ -76,7 +83,7 @@ def sampling_params(request: SamplingRequest, num_prompt_tokens: int, max_model_
             **values, **extra)
     except ValueError as error:
         if str(error).startswith("structured_outputs"):
-            raise constraint_error(request, error) from None
+            raise constraint_error(request, error, tool_constraint) from None
         raise
 
 

@@ -4,18 +4,25 @@ A turn is a role and its content as prompt pieces: each text part a literal piec
 `<|image|>` where it stands, plus the image sources in that order. Chat formats render to pieces too, so that
 message text is always encoded as literal text (`Tokenizer.encode_pieces`) and only the format's own special
 tokens (BOS, headers, end of turn, image markers of image parts) become special ids: a message spelling
-`<|eot_id|>` or `<|image|>` cannot forge a turn or an image. Only a leading system message is accepted; tool
-calls and tool results (the `ipython` role) are not supported.
+`<|eot_id|>` or `<|image|>` cannot forge a turn or an image. Only a leading system message is accepted.
+
+Tools: an assistant message may carry OpenAI `tool_calls` (its arguments JSON text), which each format writes the way
+its model writes calls after the message's text; a `tool` message answers calls of the assistant message before it
+(its `tool_call_id` among theirs) and is written under the `ipython` role as a JSON string, as both Llama formats do.
 """
 
+import json
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Callable
 
 from vlmserve.tokenizer.tokenizer import IMAGE, PromptPiece
+from vlmserve.tool_calls.render import render_calls
+from vlmserve.tool_calls.types import ToolCall, ToolCallFormat
 
-SYSTEM, USER, ASSISTANT = "system", "user", "assistant"
-ROLES = (SYSTEM, USER, ASSISTANT)
+SYSTEM, USER, ASSISTANT, TOOL = "system", "user", "assistant", "tool"
+ROLES = (SYSTEM, USER, ASSISTANT, TOOL)
+TOOL_RESULT_ROLE = "ipython"  # the header both Llama formats write over a tool's result
 PART_TYPES = ("text", "image_url", "image", "image_pil")
 
 
@@ -42,6 +49,7 @@ class Turn:
     role: str
     pieces: list[PromptPiece]  # content: literal text and the <|image|> markers of image parts
     images: list
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls, written after its content
 
     @property
     def text(self) -> str:
@@ -70,26 +78,54 @@ def check_options(messages: list[dict], add_generation_prompt: bool, continue_fi
         raise ChatFormatError("add_generation_prompt and continue_final_message cannot both be true")
     if continue_final_message and not (isinstance(messages[-1], dict) and messages[-1].get("role") == ASSISTANT):
         raise ChatFormatError("continue_final_message needs the last message to be from the assistant")
+    if continue_final_message and messages[-1].get("tool_calls"):
+        raise ChatFormatError("continue_final_message cannot continue an assistant message that made tool calls")
 
 
 def parse_messages(messages: list[dict]) -> tuple[Turn | None, list[Turn]]:
     """The leading system turn (or None) and the other turns, in order."""
     turns = [_parse_message(message, index) for index, message in enumerate(messages)]
+    _check_tool_results(messages)
     system = turns.pop(0) if turns[0].role == SYSTEM else None
     return system, turns
 
 
 def render_turns(prefix: list[PromptPiece], turns: list[Turn], role_header: Callable[[str], list[PromptPiece]],
-                 eot: str, *, add_generation_prompt: bool, continue_final_message: bool) -> RenderedChat:
-    """`prefix`, then each turn as role_header(role) + content + eot; the last turn left open, or the assistant
-    header."""
-    blocks = [[*role_header(turn.role), *turn.pieces, special(eot)] for turn in turns]
+                 eot: str, tool_format: ToolCallFormat, *, add_generation_prompt: bool,
+                 continue_final_message: bool) -> RenderedChat:
+    """`prefix`, then each turn as role_header(role) + content (+ its tool calls) + eot; the last turn left open,
+    or the assistant header."""
+    blocks = [[*role_header(TOOL_RESULT_ROLE if turn.role == TOOL else turn.role), *_content(turn, tool_format),
+               special(eot)] for turn in turns]
     if continue_final_message:
         blocks[-1].pop()  # no eot: generation continues the final assistant message
     if add_generation_prompt:
         blocks.append(role_header(ASSISTANT))
     return RenderedChat(pieces=tuple(chain(prefix, *blocks)),
                         images=[image for turn in turns for image in turn.images])
+
+
+def _content(turn: Turn, tool_format: ToolCallFormat) -> list[PromptPiece]:
+    if not turn.tool_calls:
+        return turn.pieces
+    return [*turn.pieces, literal(render_calls(list(turn.tool_calls), tool_format))]
+
+
+def _check_tool_results(messages: list[dict]) -> None:
+    """OpenAI's rule: each tool message answers a call of the assistant message before it (tool messages between)."""
+    call_ids: set[str] = set()
+    for index, message in enumerate(messages):
+        role = message["role"]
+        if role == ASSISTANT:
+            call_ids = {call.get("id") for call in message.get("tool_calls") or []}
+        elif role == TOOL:
+            call_id = message.get("tool_call_id")
+            if call_id not in call_ids:
+                raise ChatFormatError(
+                    f"messages[{index}] is a tool message whose tool_call_id {call_id!r} answers no tool call of "
+                    "the assistant message before it")
+        else:
+            call_ids = set()
 
 
 def _parse_message(message: Any, index: int) -> Turn:
@@ -101,12 +137,44 @@ def _parse_message(message: Any, index: int) -> Turn:
         raise ChatFormatError(f"{where} has unsupported role {role!r}; expected one of {', '.join(ROLES)}")
     if role == SYSTEM and index > 0:
         raise ChatFormatError(f"{where} is a system message; only the first message may be one")
-    if message.get("tool_calls"):
-        raise ChatFormatError(f"{where} has tool_calls, which this chat format does not support")
+    tool_calls = _parse_tool_calls(message.get("tool_calls"), role, where)
+    if role == TOOL:
+        return Turn(role, [literal(_tool_result(message.get("content"), where))], [])
     pieces, images = _parse_content(message.get("content"), role, where)
     if images and role == SYSTEM:
         raise ChatFormatError(f"{where} is a system message with an image; put images in user messages")
-    return Turn(role, pieces, images)
+    return Turn(role, pieces, images, tool_calls)
+
+
+def _parse_tool_calls(calls: Any, role: str, where: str) -> tuple[ToolCall, ...]:
+    if not calls:
+        return ()
+    if role != ASSISTANT:
+        raise ChatFormatError(f"{where} has tool_calls; only assistant messages make tool calls")
+    return tuple(_parse_tool_call(call, f"{where}.tool_calls[{index}]") for index, call in enumerate(calls))
+
+
+def _parse_tool_call(call: Any, where: str) -> ToolCall:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+        raise ChatFormatError(f"{where} needs a function with a name")
+    arguments = function.get("arguments")
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ChatFormatError(f"{where}.function.arguments must be a JSON object as text, got {arguments!r}")
+    return ToolCall(function["name"], parsed)
+
+
+def _tool_result(content: Any, where: str) -> str:
+    """A tool's result as both Llama formats write it: its text as a JSON string."""
+    if isinstance(content, list) and all(isinstance(part, dict) and part.get("type") == "text" for part in content):
+        content = "".join(str(part.get("text", "")) for part in content)
+    if not isinstance(content, str):
+        raise ChatFormatError(f"{where} is a tool message; its content must be text or text parts")
+    return json.dumps(content, ensure_ascii=False)
 
 
 def _parse_content(content: Any, role: str, where: str) -> tuple[list[PromptPiece], list]:
