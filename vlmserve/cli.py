@@ -83,7 +83,9 @@ def cmd_serve(args) -> NoReturn:
         max_output_tokens=args.max_output_tokens, max_images_per_request=args.max_images_per_request,
         max_image_bytes=args.max_image_bytes, max_queue=args.max_queue, max_prompt_chars=args.max_prompt_chars,
         image_fetch=ImageFetchConfig(timeout_s=args.image_fetch_timeout, max_bytes=args.max_image_bytes,
-                                     allow_private=args.allow_private_image_urls))
+                                     allow_private=args.allow_private_image_urls),
+        data_dir=args.data_dir, max_stored_responses=args.max_stored_responses,
+        response_retention_days=args.response_retention_days)
     serve(engine_config, server_config, host=args.host, port=args.port, log_level=args.log_level,
           shutdown_timeout_s=args.shutdown_timeout)
 
@@ -123,6 +125,12 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds per image URL")
     serve.add_argument("--allow-private-image-urls", action="store_true",
                        help="let image URLs reach loopback and private networks (trusted clients only)")
+    serve.add_argument("--data-dir", help="where /v1/responses stores responses (SQLite) for previous_response_id "
+                                          "(default: none; nothing is stored)")
+    serve.add_argument("--max-stored-responses", type=int, default=limits.DEFAULT_MAX_RESPONSES,
+                       help="the newest this many stored responses are kept (default: %(default)s)")
+    serve.add_argument("--response-retention-days", type=float, default=limits.DEFAULT_RETENTION_DAYS,
+                       help="stored responses older than this are deleted (default: %(default)s)")
     serve.add_argument("--shutdown-timeout", type=float, default=limits.DEFAULT_SHUTDOWN_TIMEOUT_S,
                        help="seconds SIGTERM/Ctrl-C waits for requests in flight before cancelling them")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

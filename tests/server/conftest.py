@@ -33,5 +33,7 @@ def serve(engine):
                 await async_engine.shutdown()
                 await app.state.fetcher.aclose()
                 app.state.client.close()
+                if app.state.responses is not None:
+                    app.state.responses.close()
         return asyncio.run(main())
     return run

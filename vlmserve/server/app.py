@@ -32,7 +32,10 @@ from vlmserve.server.protocol import (
     ModelList,
     TokenizeResponse,
 )
+from vlmserve.server.response_store import ResponseStore
+from vlmserve.server.responses_protocol import DeletedResponse, ResponseObject, ResponsesRequest
 from vlmserve.server.serving_chat import create_chat_completion
+from vlmserve.server.serving_responses import create_response, delete_response, retrieve_response
 from vlmserve.server.serving_completions import create_completion
 from vlmserve.server.serving_tokens import detokenize, tokenize
 
@@ -55,11 +58,15 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
             await engine.shutdown()
             await fetcher.aclose()
             app.state.client.close()
+            if app.state.responses is not None:
+                app.state.responses.close()
 
     app = FastAPI(title="vlmserve", summary="OpenAI-compatible server for Llama 3.2 Vision and Llama 4",
                   lifespan=lifespan)
     client = app.state.client = EngineClient(engine, config, metrics)
     app.state.fetcher = fetcher
+    app.state.responses = None if config.data_dir is None else ResponseStore(
+        config.data_dir, config.max_stored_responses, config.response_retention_days * 86400)
     install_error_handlers(app)
     app.add_middleware(LimitBodySize, max_bytes=config.max_request_bytes(client.max_prompt_chars))
     app.add_middleware(AnswerErrors)
@@ -95,6 +102,16 @@ def _add_routes(app: FastAPI, metrics: Metrics) -> None:
         "model": CompletionResponse, "content": STREAM}})
     async def completions(body: CompletionRequest, request: Request, key: str = Depends(authenticate)):
         return await create_completion(body, request, key)
+
+    @app.post("/v1/responses", response_model=None, responses={**ERRORS, 200: {
+        "model": ResponseObject, "content": STREAM}})
+    async def responses(body: ResponsesRequest, request: Request, key: str = Depends(authenticate)):
+        return await create_response(body, request, key)
+
+    app.get("/v1/responses/{response_id}", dependencies=guarded, responses=ERRORS,
+            response_model=ResponseObject)(retrieve_response)
+    app.delete("/v1/responses/{response_id}", dependencies=guarded, responses=ERRORS,
+               response_model=DeletedResponse)(delete_response)
 
     app.post("/tokenize", dependencies=guarded, responses=ERRORS, response_model=TokenizeResponse)(tokenize)
     app.post("/detokenize", dependencies=guarded, responses=ERRORS, response_model=DetokenizeResponse)(detokenize)

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from vlmserve.server.image_fetch import ImageFetchConfig
 from vlmserve.server.pricing import PriceTable
+from vlmserve.server.response_store import DEFAULT_MAX_RESPONSES, DEFAULT_RETENTION_DAYS
 
 MiB = 1 << 20
 
@@ -26,7 +27,8 @@ class ServerConfig:
 
     `max_queue` counts sequences (a request with n completions counts n) admitted beyond the engine's
     `max_num_seqs` running slots: one more gets 429. `max_prompt_chars` None: PROMPT_CHARS_PER_TOKEN per token of
-    the context.
+    the context. `data_dir`: where stored responses live (None: the Responses API stores nothing), kept for
+    `response_retention_days`, the newest `max_stored_responses` of them.
     """
 
     served_model_name: str
@@ -38,6 +40,9 @@ class ServerConfig:
     max_queue: int = DEFAULT_MAX_QUEUE
     max_prompt_chars: int | None = None
     image_fetch: ImageFetchConfig = field(default_factory=ImageFetchConfig)
+    data_dir: str | None = None
+    max_stored_responses: int = DEFAULT_MAX_RESPONSES
+    response_retention_days: float = DEFAULT_RETENTION_DAYS
 
     def __post_init__(self):
         if not self.served_model_name:
@@ -46,7 +51,9 @@ class ServerConfig:
             raise ValueError("an API key must be a non-empty string")
         if self.max_prompt_chars is not None and self.max_prompt_chars < 1:
             raise ValueError(f"max_prompt_chars must be >= 1 or None, got {self.max_prompt_chars}")
-        for name in ("max_output_tokens", "max_image_bytes"):
+        if self.response_retention_days <= 0:
+            raise ValueError(f"response_retention_days must be > 0, got {self.response_retention_days}")
+        for name in ("max_output_tokens", "max_image_bytes", "max_stored_responses"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_images_per_request", "max_queue"):

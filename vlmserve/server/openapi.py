@@ -3,7 +3,8 @@ its model (output tokens, vocabulary, prompt size), so that generated clients an
 
 FastAPI also documents a 422 for every body; this server answers validation errors with 400 (OpenAI's status),
 so the 422 and its schemas are dropped. A streamed answer is documented event by event (OpenAPI 3.1 reads a
-text/event-stream schema as one event's): its `data` is a chunk or an error body as JSON, or the final [DONE].
+text/event-stream schema as one event's): its `data` is a chunk or an error body as JSON, or the final [DONE];
+a Responses stream's events are named (`event`) and their `data` is the event as JSON.
 """
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from vlmserve.server.protocol import ChatCompletionChunk, CompletionResponse, ErrorResponse
+from vlmserve.server.responses_protocol import ResponseStreamEvent
 
 STREAMS = {"/v1/chat/completions": ChatCompletionChunk, "/v1/completions": CompletionResponse}
 REF = "#/components/schemas/{model}"
@@ -34,6 +36,7 @@ def describe_server(app: FastAPI, limits: ServedLimits) -> None:
             _drop_validation_422(document)
             for path, chunk in STREAMS.items():
                 _document_stream(document, path, chunk)
+            _document_named_stream(document, "/v1/responses", ResponseStreamEvent)
             _write_limits(document["components"]["schemas"], limits)
             app.openapi_schema = document
         return app.openapi_schema
@@ -61,10 +64,20 @@ def _document_stream(document: dict, path: str, chunk: type[BaseModel]) -> None:
     content["text/event-stream"] = {"schema": event}
 
 
+def _document_named_stream(document: dict, path: str, model: type[BaseModel]) -> None:
+    document["components"]["schemas"].setdefault(model.__name__, model.model_json_schema(ref_template=REF))
+    event = {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"type": "string"}, "data": {"type": "string", "contentMediaType": "application/json",
+                                              "contentSchema": {"$ref": REF.format(model=model.__name__)}}}}
+    document["paths"][path]["post"]["responses"]["200"]["content"]["text/event-stream"] = {"schema": event}
+
+
 def _write_limits(schemas: dict, limits: ServedLimits) -> None:
     for request in ("ChatCompletionRequest", "CompletionRequest"):
         for field in ("max_tokens", "max_completion_tokens", "min_tokens"):
             _bound(schemas[request]["properties"].get(field), "integer", maximum=limits.max_output_tokens)
+    _bound(schemas["ResponsesRequest"]["properties"]["max_output_tokens"], "integer",
+           maximum=limits.max_output_tokens)
     _bound(schemas["CompletionRequest"]["properties"]["prompt"], "integer", maximum=limits.num_embeddings - 1)
     _bound(schemas["DetokenizeRequest"]["properties"]["tokens"], "integer", maximum=limits.vocab_size - 1)
     for request in ("CompletionRequest", "TokenizeRequest"):

@@ -1,7 +1,8 @@
-"""Server-sent events as OpenAI streams them: `data: <json>` per chunk, then `data: [DONE]`.
+"""Server-sent events as OpenAI streams them: `data: <json>` per chunk, then `data: [DONE]`; the Responses API
+names each event (`event: <type>`) and sends no [DONE].
 
 A failure after the response has started can no longer change its status, so it goes out as one more event
-holding the OpenAI error body, as vLLM does.
+holding the OpenAI error body, as vLLM does (the Responses stream sends its own `error` event instead).
 """
 
 import json
@@ -19,6 +20,10 @@ def event(chunk: BaseModel) -> str:
     return f"data: {chunk.model_dump_json()}\n\n"
 
 
+def named_event(payload: dict) -> str:
+    return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
 async def _with_done(events: AsyncIterator[str]) -> AsyncIterator[str]:
     try:
         async for item in events:
@@ -29,6 +34,6 @@ async def _with_done(events: AsyncIterator[str]) -> AsyncIterator[str]:
     yield DONE
 
 
-def event_stream(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(_with_done(events), media_type="text/event-stream",
+def event_stream(events: AsyncIterator[str], *, done: bool = True) -> StreamingResponse:
+    return StreamingResponse(_with_done(events) if done else events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
