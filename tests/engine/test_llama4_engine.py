@@ -119,3 +119,20 @@ def test_shipped_scout_config_serves_an_image_chat_with_dummy_weights():
     output = llm.chat(chat("What is this?", random_image(40, 60, 4)), GREEDY, use_tqdm=False)[0]
     assert len(output.outputs[0].token_ids) == GREEDY.max_tokens
     assert output.prompt_token_ids.count(PATCH_TOKEN) > 0
+
+
+@pytest.mark.parity
+def test_detail_low_is_one_tile_with_fewer_image_tokens_and_equals_transformers(llm, served_llama4):
+    image = random_image(40, 90, 0)
+    low = [{"role": "user", "content": [{"type": "image_pil", "image_pil": image, "detail": "low"},
+                                        {"type": "text", "text": "Describe it."}]}]
+    full = [{"role": "user", "content": [{"type": "image_pil", "image_pil": image},
+                                         {"type": "text", "text": "Describe it."}]}]
+    full_output, low_output = llm.chat([full, low], GREEDY, use_tqdm=False)
+    prepared = llm.engine.input_processor.process_chat(low)
+    assert prepared.multimodal.num_tiles == [1] and prepared.prompt_token_ids.count(PATCH_TOKEN) == 4
+    # the image's span: <|image_start|>, <|image|>, its 4 patches, <|image_end|>, against the full one's 37
+    (start, end), = prepared.multimodal.token_ranges
+    assert end - start == 7 and len(low_output.prompt_token_ids) == len(full_output.prompt_token_ids) - 37 + 7
+    expected = served_llama4.hf_greedy(prepared.prompt_token_ids, prepared.multimodal.pixel_values, 12)
+    assert low_output.outputs[0].token_ids == expected

@@ -4,6 +4,8 @@ HF's `Llama4ImageProcessor` needs torchvision; it runs in a child interpreter ov
 tests/multimodal/hf_llama4_reference.py and torchvision_standin.py). Pixel values must match to the bit.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,8 @@ pytestmark = pytest.mark.parity
 REAL = ProcessorSettings(tile_size=336, max_patches=16)
 SMALL = ProcessorSettings(tile_size=28, max_patches=4)
 SMALL_MAX_CANVAS = ProcessorSettings(tile_size=28, max_patches=5, resize_to_max_canvas=True)
+ONE_TILE = ProcessorSettings(tile_size=28, max_patches=1)  # what detail "low" makes of SMALL
+ONE_TILE_SIZES = [(28, 28), (28, 112), (90, 31), (300, 200)]
 CONFIGS = {
     REAL: Llama4ImageConfig(),
     SMALL: Llama4ImageConfig(tile_size=28, patch_size=7, max_patches=4),
@@ -54,7 +58,8 @@ BATCHES = ([(REAL, [ImageSpec(*size)]) for size in REAL_SIZES]
            + [(SMALL, [ImageSpec(*size)]) for size in SMALL_SIZES]
            + [(SMALL_MAX_CANVAS, [ImageSpec(*size)]) for size in MAX_CANVAS_SIZES]
            + [(SMALL, [ImageSpec(45, 70, mode)]) for mode in MODES]
-           + [(SMALL, MULTI_IMAGE)])
+           + [(SMALL, MULTI_IMAGE)]
+           + [(ONE_TILE, [ImageSpec(*size)]) for size in ONE_TILE_SIZES])
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +251,11 @@ def test_config_tokens_per_tile():
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Llama4ImageConfig(**kwargs)
+
+
+@pytest.mark.parametrize("size", ONE_TILE_SIZES, ids=str)
+def test_one_tile_is_the_reference_with_one_patch_at_most(size, hf):
+    expected_pixels, _ = hf["batches"][ONE_TILE, (ImageSpec(*size),)]
+    processed = process_image(random_image(ImageSpec(*size)), dataclasses.replace(CONFIGS[SMALL], max_patches=1))
+    assert processed.num_tiles == 1 and processed.aspect_ratio == (1, 1)
+    assert torch.equal(processed.pixel_values, expected_pixels)

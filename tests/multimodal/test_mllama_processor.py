@@ -223,3 +223,14 @@ def test_config_rejects_unsupported_preprocessor_settings(tmp_path, bad, match):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=match):
         MllamaImageConfig.from_model_dir(tmp_path)
+
+
+@pytest.mark.parametrize("size", [(300, 500), (1120, 1120), (30, 3000), (1500, 1499)])
+def test_one_tile_matches_the_reference_with_one_tile_at_most(size):
+    image = random_image(*size)
+    expected = hf_processor(560, 1)(images=[[image]], return_tensors="pt")
+    processed = process_image(image, MllamaImageConfig(), one_tile=True)
+    assert processed.num_tiles == 1 and processed.aspect_ratio_id == 1
+    assert processed.aspect_ratio_mask.tolist() == [1, 0, 0, 0]
+    torch.testing.assert_close(processed.pixel_values[:1], expected["pixel_values"][0, 0], atol=ATOL, rtol=0)
+    assert not processed.pixel_values[1:].any()

@@ -120,3 +120,23 @@ def test_stop_string_ends_the_answer(serve):
     text, stop, cut = serve(run)
     assert cut["choices"][0]["finish_reason"] == "stop"
     assert cut["choices"][0]["message"]["content"] == text[:text.index(stop)]
+
+
+def test_detail_low_is_one_tile_and_usage_says_so(serve, demo_llm):
+    wide = png_data_url(size=(224, 56))  # four tiles across at the demo model's 56-pixel tiles
+
+    def ask(detail: str | None) -> dict:
+        image_url = {"url": wide} if detail is None else {"url": wide, "detail": detail}
+        return {**GREEDY, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": image_url}, {"type": "text", "text": "What is it?"}]}]}
+
+    async def run(client):
+        return [(await client.post("/v1/chat/completions", json=ask(detail))).json()["usage"]
+                for detail in (None, "high", "low")]
+
+    default, high, low = serve(run)
+    assert default["num_image_tiles"] == high["num_image_tiles"] == 4 and low["num_image_tiles"] == 1
+    assert low["prompt_tokens"] == high["prompt_tokens"]  # Llama 3.2: one <|image|> token whatever the tiles
+    prepared = [demo_llm.engine.process_chat(ask(detail)["messages"]) for detail in ("high", "low")]
+    hashes = [p.multimodal.content_hashes for p in prepared]
+    assert hashes[0] != hashes[1]  # the one-tile encoding is cached apart from the full one

@@ -100,7 +100,7 @@ def test_bad_images(serve, tmp_path):
         {**ASK, "messages": [image_message("x", local.as_uri())]},
         {**ASK, "messages": [image_message("x", "data:text/plain;base64,aGk=")]},
         {**ASK, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {
-            "url": png_data_url(), "detail": "low"}}]}]},
+            "url": png_data_url(), "detail": "tiny"}}]}]},
     ])
     assert "not a recognised image" in assert_error(responses[0], 400)["message"]
     assert_error(responses[1], 400, "messages.0.content.0.image_url.url")

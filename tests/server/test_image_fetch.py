@@ -21,6 +21,8 @@ import pytest
 
 from tests.helpers import png_bytes
 from vlmserve.multimodal.inputs import load_image
+from vlmserve.server.chat_images import resolve_images
+from vlmserve.server.protocol import UserMessageParam
 from vlmserve.server.image_fetch import (
     ImageFetchConfig,
     ImageFetcher,
@@ -237,6 +239,22 @@ def test_fetches_an_image_when_private_addresses_are_allowed(server):
     assert body == PNG
     assert load_image(body).size == (3, 2)
     assert server.requests[-1] == ("/png", f"127.0.0.1:{server.port}", "vlmserve-image-fetch")
+
+
+def test_a_fetched_image_keeps_its_detail(server):
+    message = UserMessageParam.model_validate({"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": server.url("/png"), "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": server.url("/png")}}]})
+
+    async def run():
+        fetcher = ImageFetcher(PRIVATE)
+        try:
+            return await resolve_images([message], fetcher, max_images=2, max_image_bytes=1 << 20)
+        finally:
+            await fetcher.aclose()
+
+    [resolved] = asyncio.run(run())
+    assert resolved["content"] == [{"type": "image", "image": PNG, "detail": "low"}, {"type": "image", "image": PNG}]
 
 
 @pytest.mark.parametrize("host", [

@@ -160,3 +160,11 @@ def test_the_store_keeps_the_newest_within_retention(tmp_path, monkeypatch):
     assert reopened.load("c") is None  # past retention, though still on disk until the next save
     assert not reopened.delete("a") and reopened.delete("c")
     reopened.close()
+
+
+def test_input_image_detail_low_is_one_tile(serve):
+    wide = png_data_url(size=(224, 56))
+    bodies = [{**GREEDY, "input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": wide, "detail": detail}]}]} for detail in ("low", "original")]
+    low, original = post_all(serve, [("/v1/responses", body) for body in bodies])
+    assert low.json()["usage"]["num_image_tiles"] == 1 and original.json()["usage"]["num_image_tiles"] == 4

@@ -4,7 +4,8 @@
 Images come as decoders (`OpenedImage.decode`), called one at a time: only one full-size decoded image is alive
 at once, whatever the number of images."""
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -26,6 +27,7 @@ from vlmserve.multimodal.mllama_processor import (
 )
 
 ImageDecoder = Callable[[], Image.Image]
+ONE_TILE_HASH_SUFFIX = ":one-tile"
 
 
 class ImagePrompts(Protocol):
@@ -34,23 +36,27 @@ class ImagePrompts(Protocol):
     placeholder_id: int  # the token marking each image in a chat or raw prompt
     bos_after_leading_images: bool  # where a raw prompt's BOS goes when it starts with placeholders
 
-    def prepare(self, token_ids: list[int], images: list[ImageDecoder]) -> tuple[list[int], MultiModalInputs]:
-        """The prompt's final token ids and its images' encoder inputs."""
+    def prepare(self, token_ids: list[int], images: list[ImageDecoder], one_tile: Sequence[bool]
+                ) -> tuple[list[int], MultiModalInputs]:
+        """The prompt's final token ids and its images' encoder inputs (`one_tile`: per image, whether to process
+        it as a single tile)."""
 
 
-def _hash_and_process_each(decoders: list[ImageDecoder], process: Callable) -> tuple[list[str], list]:
-    """Each image's content hash and processed form, in order."""
-    pairs = [_hash_and_process(decode, process) for decode in decoders]
+def _hash_and_process_each(decoders: list[ImageDecoder], one_tile: Sequence[bool],
+                           process: Callable) -> tuple[list[str], list]:
+    """Each image's content hash and processed form (`process(image, one_tile)`), in order. A one-tile image's
+    hash differs from the same image's at full detail: its encoder output does."""
+    pairs = [_hash_and_process(decode, one, process) for decode, one in zip(decoders, one_tile, strict=True)]
     return [digest for digest, _ in pairs], [processed for _, processed in pairs]
 
 
-def _hash_and_process(decode: ImageDecoder, process: Callable):
+def _hash_and_process(decode: ImageDecoder, one_tile: bool, process: Callable):
     # The decoded image lives only in this frame, freed before the next one is decoded; a non-RGB original goes
     # as soon as its RGB conversion exists (the processors take an RGB image as is).
     image = decode()
-    digest = image_content_hash(image)
+    digest = image_content_hash(image) + (ONE_TILE_HASH_SUFFIX if one_tile else "")
     image = to_rgb(image)
-    return digest, process(image)
+    return digest, process(image, one_tile)
 
 
 class MllamaImagePrompts:
@@ -62,8 +68,10 @@ class MllamaImagePrompts:
     def __init__(self, image_config: MllamaImageConfig, image_token_id: int):
         self.image_config, self.placeholder_id = image_config, image_token_id
 
-    def prepare(self, token_ids: list[int], images: list[ImageDecoder]) -> tuple[list[int], MultiModalInputs]:
-        hashes, processed = _hash_and_process_each(images, lambda image: process_image(image, self.image_config))
+    def prepare(self, token_ids: list[int], images: list[ImageDecoder], one_tile: Sequence[bool]
+                ) -> tuple[list[int], MultiModalInputs]:
+        hashes, processed = _hash_and_process_each(
+            images, one_tile, lambda image, one: process_image(image, self.image_config, one_tile=one))
         pixel_values, aspect_ratio_ids, aspect_ratio_mask = stack_images(processed)
         return token_ids, MultiModalInputs(
             pixel_values=pixel_values,
@@ -86,11 +94,13 @@ class Llama4ImagePrompts:
         self.image_config, self.token_ids = image_config, token_ids
         self.placeholder_id = token_ids.image
 
-    def prepare(self, token_ids: list[int], images: list[ImageDecoder]) -> tuple[list[int], MultiModalInputs]:
+    def prepare(self, token_ids: list[int], images: list[ImageDecoder], one_tile: Sequence[bool]
+                ) -> tuple[list[int], MultiModalInputs]:
         if self.token_ids.patch in token_ids:
             raise ValueError("the prompt already holds <|patch|> tokens; give one <|image|> placeholder per image")
+        single = dataclasses.replace(self.image_config, max_patches=1)
         hashes, processed = _hash_and_process_each(
-            images, lambda image: process_llama4_image(image, self.image_config))
+            images, one_tile, lambda image, one: process_llama4_image(image, single if one else self.image_config))
         expanded, spans = expand_image_placeholders(token_ids, [p.aspect_ratio for p in processed],
                                                     self.image_config.tokens_per_tile, self.token_ids)
         return expanded, MultiModalInputs(

@@ -7,7 +7,7 @@ from typing import Any
 from vlmserve.engine.image_prompts import Llama4ImagePrompts, MllamaImagePrompts
 from vlmserve.engine.sequence import MultiModalInputs
 from vlmserve.families.chat import encode_chat
-from vlmserve.multimodal.inputs import ImageInputError, OpenedImage, open_image
+from vlmserve.multimodal.inputs import ImageInputError, OneTile, OpenedImage, open_image
 from vlmserve.tokenizer.tokenizer import Tokenizer
 
 BOS = "<|begin_of_text|>"
@@ -27,6 +27,11 @@ class PreparedInput:
     @property
     def num_images(self) -> int:
         return len(self.multimodal.num_tiles) if self.multimodal else 0
+
+    @property
+    def num_image_tiles(self) -> int:
+        """The tiles the images were cut into (Llama 4's global tiles included)."""
+        return sum(self.multimodal.num_tiles) if self.multimodal else 0
 
 
 class InputProcessor:
@@ -79,12 +84,15 @@ class InputProcessor:
             )
         if not image_sources:
             return PreparedInput(prompt_token_ids=token_ids, prompt=prompt)
+        one_tile = [isinstance(source, OneTile) for source in image_sources]
         with ExitStack() as stack:
-            images = [stack.enter_context(open_image(source, max_pixels=self.max_image_pixels))
-                      for source in image_sources]
+            images = [stack.enter_context(open_image(source.source if one else source,
+                                                     max_pixels=self.max_image_pixels))
+                      for source, one in zip(image_sources, one_tile)]
             self._check_request_pixels(images)
             try:  # one image decoded at a time, each dropped before the next is decoded
-                token_ids, multimodal = self.image_prompts.prepare(token_ids, [image.decode for image in images])
+                token_ids, multimodal = self.image_prompts.prepare(token_ids, [image.decode for image in images],
+                                                                   one_tile)
             except ImageInputError:  # a corrupt image, found as it is decoded
                 raise
             except ValueError as err:

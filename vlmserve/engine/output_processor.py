@@ -56,7 +56,7 @@ class _RequestState:
             c.delta = None
         p = self.prepared
         return RequestOutput(self.request_id, p.prompt, p.prompt_token_ids, deltas, finished=self.finished,
-                             num_images=p.num_images, error=self.error)
+                             num_images=p.num_images, num_image_tiles=p.num_image_tiles, error=self.error)
 
 
 class OutputProcessor:

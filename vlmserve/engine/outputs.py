@@ -22,6 +22,7 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
     num_images: int = 0
+    num_image_tiles: int = 0  # the tiles the images were cut into (one each for detail "low")
     error: str | None = None  # set when the engine failed this request (finish_reason "error"); others go on
 
 

@@ -4,8 +4,9 @@ plus a content hash and the RGB conversion every processor starts from."""
 import base64
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -19,6 +20,13 @@ _MAX_SHOWN_SOURCE_CHARS = 80
 # Pillow's process-wide decompression-bomb limit (~89M pixels warns, ~179M raises) would answer before our own
 # `max_pixels` check, with its limit instead of ours; ours, made from the header before decoding, replaces it.
 Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class OneTile:
+    """An image source to process as a single tile, the cheapest image (OpenAI's `detail: "low"`)."""
+
+    source: Any
 
 
 class ImageInputError(ValueError):

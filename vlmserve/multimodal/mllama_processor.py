@@ -100,11 +100,13 @@ def optimal_tiled_canvas(height: int, width: int, max_image_tiles: int, tile_siz
     return min(candidates, key=lambda canvas: canvas[0] * canvas[1])
 
 
-def process_image(image: Image.Image, config: MllamaImageConfig) -> ProcessedImage:
-    """Convert, resize, pad, normalize and tile one image as HF's `MllamaImageProcessorPil` does."""
+def process_image(image: Image.Image, config: MllamaImageConfig, *, one_tile: bool = False) -> ProcessedImage:
+    """Convert, resize, pad, normalize and tile one image as HF's `MllamaImageProcessorPil` does (`one_tile`: as if
+    the model took one tile at most; the tensors keep the model's shape)."""
     image = to_rgb(image)
     tile = config.tile_size
-    canvas_h, canvas_w = optimal_tiled_canvas(image.height, image.width, config.max_image_tiles, tile)
+    canvas_h, canvas_w = optimal_tiled_canvas(image.height, image.width, 1 if one_tile else config.max_image_tiles,
+                                              tile)
     new_h, new_w = _size_fit_to_canvas(image.height, image.width, canvas_h, canvas_w, tile)
     resized = image.resize((new_w, new_h), resample=Image.Resampling.BILINEAR)
 

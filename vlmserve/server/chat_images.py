@@ -33,8 +33,9 @@ async def resolve_images(messages: list[ChatMessage], fetcher: ImageFetcher, *, 
                            f"{where}.image_url.url")
     fetched = await asyncio.gather(*(fetcher.fetch(part["image_url"]["url"]) for part in remote))
     for part, data in zip(remote, fetched):
+        detail = part["image_url"].get("detail")
         part.clear()
-        part.update(type="image", image=data)
+        part.update(type="image", image=data, **({} if detail is None else {"detail": detail}))
     return plain
 
 

@@ -134,10 +134,13 @@ class EngineClient:
         except ValueError as error:
             raise constraint_error(body, error, tool_constraint) from None
 
-    def usage(self, prompt_tokens: int, completion_tokens: int, num_images: int) -> Usage:
+    def usage(self, prompt: RequestOutput | PreparedInput, completion_tokens: int) -> Usage:
+        """What answering `prompt` (its tokens and images) with `completion_tokens` counts and costs."""
         price = self.config.pricing.price(self.config.served_model_name)
+        prompt_tokens, num_images = len(prompt.prompt_token_ids), prompt.num_images
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                      total_tokens=prompt_tokens + completion_tokens, num_images=num_images,
+                     num_image_tiles=prompt.num_image_tiles,
                      cost=price.cost(prompt_tokens, completion_tokens, num_images))
 
     async def generate(self, prepared: PreparedInput, params: SamplingParams, slot: Slot, grammar=None
@@ -168,7 +171,7 @@ class EngineClient:
         await asyncio.shield(task)
 
     def _record(self, prepared: PreparedInput, num_generated: int, slot: Slot) -> None:
-        usage = self.usage(len(prepared.prompt_token_ids), num_generated, prepared.num_images)
+        usage = self.usage(prepared, num_generated)
         self.metrics.record_request(prompt_tokens=usage.prompt_tokens, completion_tokens=num_generated,
                                     num_images=usage.num_images, cost=usage.cost, key=slot.key,
                                     latency_s=time.monotonic() - slot.arrival)

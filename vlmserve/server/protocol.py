@@ -44,7 +44,6 @@ UNSUPPORTED = {
     "prediction": "predicted outputs are not implemented", "reasoning_effort": "the models do not reason in a "
     "separate channel", "web_search_options": "this server does not search the web", "logit_bias": "logit_bias is "
     "not implemented", "echo": "echo is not implemented", "suffix": "suffix (insertion) is not implemented",
-    "detail": "images are always processed at full resolution ('auto' or 'high'), never 'low'",
 }
 
 
@@ -59,7 +58,8 @@ class TextPart(Strict):
 
 class ImageURL(Strict):
     url: ImageURLString
-    detail: Literal["auto", "high"] | None = None
+    detail: Literal["auto", "high", "low"] | None = Field(
+        None, description="low: the image as one tile (the cheapest); auto and high: tiled at full resolution")
 
 
 class ImagePart(Strict):
@@ -254,6 +254,7 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     num_images: int = Field(description="vlmserve: images in the prompt (each also counts one prompt token)")
+    num_image_tiles: int = Field(description="vlmserve: the tiles the images were cut into (detail low: one each)")
     cost: float = Field(description="vlmserve: USD from the server's price table")
 
 

@@ -173,7 +173,8 @@ def _input_message(item: InputMessage, where: str) -> dict:
 
 
 def _image_url(part: InputImage) -> dict:
-    return {"url": part.image_url} if part.detail in (None, "auto") else {"url": part.image_url, "detail": "high"}
+    detail = {None: None, "auto": None, "low": "low"}.get(part.detail, "high")  # "original": full resolution
+    return {"url": part.image_url} if detail is None else {"url": part.image_url, "detail": detail}
 
 
 def _text_content(content) -> str | list[dict]:

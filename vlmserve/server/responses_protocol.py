@@ -23,8 +23,8 @@ class InputText(Strict):
 class InputImage(Strict):
     type: Literal["input_image"]
     image_url: ImageURLString = Field(description="http(s) URL or data: URL (file_id is not supported)")
-    detail: Literal["auto", "high", "original"] | None = Field(
-        None, description="images are always processed at full resolution; 'low' is refused")
+    detail: Literal["auto", "high", "low", "original"] | None = Field(
+        None, description="low: the image as one tile (the cheapest); the others: tiled at full resolution")
     file_id: None = None
 
 
@@ -221,6 +221,7 @@ class ResponseUsage(BaseModel):
     output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
     total_tokens: int
     num_images: int = Field(description="vlmserve: images in the prompt")
+    num_image_tiles: int = Field(description="vlmserve: the tiles the images were cut into (detail low: one each)")
     cost: float = Field(description="vlmserve: USD from the server's price table")
 
 

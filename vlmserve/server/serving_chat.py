@@ -67,7 +67,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     last, choices = await until_disconnected(request, started.slot, started.outputs, collect(started.outputs))
     return ChatCompletionResponse(
         id=response_id, model=model, choices=[_choice(client, c, params, tool_use) for c in choices],
-        usage=client.usage(len(last.prompt_token_ids), sum(len(c.token_ids) for c in choices), last.num_images))
+        usage=client.usage(last, sum(len(c.token_ids) for c in choices)))
 
 
 async def _tool_constraint(client: EngineClient, tool_use: ToolUse):
@@ -121,4 +121,4 @@ async def _chunks(client: EngineClient, outputs: AsyncIterator[RequestOutput], p
                     finish = finish_reason(parsed, finish)
                 yield chunk([ChatChunkChoice(index=c.index, delta=Delta(), finish_reason=finish)])
     if include_usage:
-        yield chunk([], client.usage(len(last.prompt_token_ids), num_generated, last.num_images))
+        yield chunk([], client.usage(last, num_generated))

@@ -29,7 +29,7 @@ async def create_completion(body: CompletionRequest, request: Request, key: str)
     last, choices = await until_disconnected(request, started.slot, started.outputs, collect(started.outputs))
     return CompletionResponse(
         id=response_id, model=model, choices=[_choice(client, c, params, 0) for c in choices],
-        usage=client.usage(len(last.prompt_token_ids), sum(len(c.token_ids) for c in choices), last.num_images))
+        usage=client.usage(last, sum(len(c.token_ids) for c in choices)))
 
 
 def _choice(client: EngineClient, c: CompletionOutput, params: SamplingParams, text_offset: int) -> CompletionChoice:
@@ -54,5 +54,5 @@ async def _chunks(client: EngineClient, outputs: AsyncIterator[RequestOutput], p
                     text_offsets[c.index] = choice.logprobs.text_offset[-1] + len(choice.logprobs.tokens[-1])
                 yield event(CompletionResponse(id=response_id, model=model, choices=[choice]))
     if include_usage:
-        usage = client.usage(len(last.prompt_token_ids), num_generated, last.num_images)
+        usage = client.usage(last, num_generated)
         yield event(CompletionResponse(id=response_id, model=model, choices=[], usage=usage))

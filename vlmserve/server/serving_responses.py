@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import Request
 
+from vlmserve.engine.outputs import RequestOutput
 from vlmserve.server.engine_client import EngineClient, Started, collect, until_disconnected
 from vlmserve.server.errors import APIError, as_api_error
 from vlmserve.server.response_store import ResponseStore
@@ -51,8 +52,8 @@ async def create_response(body: ResponsesRequest, request: Request, key: str):
     if body.stream:
         return event_stream(answer.events(started), done=False)
     last, [completion] = await until_disconnected(request, started.slot, started.outputs, collect(started.outputs))
-    return await answer.finish(answer.parse(completion.text), completion.finish_reason,
-                               len(last.prompt_token_ids), len(completion.token_ids), last.num_images)
+    return await answer.finish(answer.parse(completion.text), completion.finish_reason, last,
+                               len(completion.token_ids))
 
 
 async def retrieve_response(response_id: str, request: Request) -> ResponseObject:
@@ -109,16 +110,16 @@ class _Answer:
             parallel_tool_calls=body.parallel_tool_calls is not False, store=self.store is not None,
             metadata=body.metadata or {})
 
-    async def finish(self, parsed: ParsedOutput, finish_reason: str | None, prompt_tokens: int,
-                     output_tokens: int, num_images: int) -> ResponseObject:
+    async def finish(self, parsed: ParsedOutput, finish_reason: str | None, last: RequestOutput,
+                     output_tokens: int) -> ResponseObject:
         """The finished response, stored if asked; its output items' ids are the ones a stream announced."""
         status = "incomplete" if finish_reason == "length" else "completed"
         call_ids = [f"call_{uuid.uuid4().hex[:24]}" for _ in parsed.calls]
         items = output_items(self.message_id, parsed.content, list(parsed.calls), call_ids, status)
-        usage = self.client.usage(prompt_tokens, output_tokens, num_images)
+        usage = self.client.usage(last, output_tokens)
         response = self.response(status, items, ResponseUsage(
             input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens, total_tokens=usage.total_tokens,
-            num_images=usage.num_images, cost=usage.cost))
+            num_images=usage.num_images, num_image_tiles=usage.num_image_tiles, cost=usage.cost))
         if self.store is not None:
             history = [*self.talk.turns, answer_message(parsed.content, list(parsed.calls), call_ids)]
             await self.client.prepare(self.store.save, self.id, history, response.model_dump())
@@ -148,8 +149,7 @@ class _Answer:
                     yield emit("response.output_text.delta", item_id=self.message_id, output_index=0,
                                content_index=0, delta=text, logprobs=[])
             parsed = ParsedOutput("".join(sent)) if streamer is None else self._joined(sent, streamer.finish())
-            response = await self.finish(parsed, completion.finish_reason, len(last.prompt_token_ids),
-                                         output_tokens, last.num_images)
+            response = await self.finish(parsed, completion.finish_reason, last, output_tokens)
             for event in self._items_finished(emit, response.output, opened, "".join(sent)):
                 yield event
             kind = "response.incomplete" if response.status == "incomplete" else "response.completed"

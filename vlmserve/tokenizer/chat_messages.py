@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Callable
 
+from vlmserve.multimodal.inputs import OneTile
 from vlmserve.tokenizer.tokenizer import IMAGE, PromptPiece
 from vlmserve.tool_calls.render import render_calls
 from vlmserve.tool_calls.types import ToolCall, ToolCallFormat
@@ -195,6 +196,13 @@ def _parse_content(content: Any, role: str, where: str) -> tuple[list[PromptPiec
     return pieces, images
 
 
+def _with_detail(source: Any, detail: Any, where: str) -> Any:
+    """The image source, marked to be processed as one tile for OpenAI's detail "low"."""
+    if detail not in (None, "auto", "high", "low"):
+        raise ChatFormatError(f"{where} must be 'auto', 'high' or 'low', got {detail!r}")
+    return OneTile(source) if detail == "low" else source
+
+
 def _parse_part(part: Any, where: str) -> tuple[PromptPiece, Any]:
     """(literal text, None) for a text part, (special <|image|>, image source) for an image part."""
     if not isinstance(part, dict):
@@ -205,14 +213,15 @@ def _parse_part(part: Any, where: str) -> tuple[PromptPiece, Any]:
             raise ChatFormatError(f"{where} is a text part without a string 'text'")
         return literal(part["text"]), None
     if part_type == "image_url":
-        url = part.get("image_url")
-        url = url.get("url") if isinstance(url, dict) else url
+        image_url = part.get("image_url")
+        url = image_url.get("url") if isinstance(image_url, dict) else image_url
         if not isinstance(url, str) or not url:
             raise ChatFormatError(f"{where} is an image_url part without a URL string")
-        return special(IMAGE), url
+        return special(IMAGE), _with_detail(url, image_url.get("detail") if isinstance(image_url, dict) else None,
+                                            f"{where}.image_url.detail")
     if part_type in ("image", "image_pil"):
         if part.get(part_type) is None:
             raise ChatFormatError(f"{where} is an {part_type} part without its {part_type!r} field")
-        return special(IMAGE), part[part_type]
+        return special(IMAGE), _with_detail(part[part_type], part.get("detail"), f"{where}.detail")
     raise ChatFormatError(
         f"{where} has unknown content part type {part_type!r}; expected one of {', '.join(PART_TYPES)}")
