@@ -1,6 +1,8 @@
 """The grammars that enforce tool calls, compiled as the engine compiles them over the real Llama vocabulary: what
 each accepts and refuses, and that every accepted call parses back into the call it spells."""
 
+import re
+
 import jsonschema
 import pytest
 import xgrammar as xgr
@@ -95,3 +97,30 @@ def test_pythonic_schemas_a_call_cannot_express_are_refused_naming_the_tool(para
     tools = [NOW, Tool("bad", parameters=parameters)]
     with pytest.raises(ValueError, match="^tools\\[1\\].function.parameters: .*" + message):
         tool_call_constraint("pythonic", tools)
+
+
+NESTED = Tool("book", parameters={  # as pydantic writes a model with a nested one
+    "type": "object", "required": ["guest"], "additionalProperties": False,
+    "properties": {"guest": {"$ref": "#/$defs/Guest"}, "nights": {"type": "integer"}},
+    "$defs": {"Guest": {"type": "object", "required": ["name", "kind"], "additionalProperties": False,
+                        "properties": {"name": {"type": "string"}, "kind": {"$ref": "#/definitions/Kind"}}}},
+    "definitions": {"Kind": {"enum": ["adult", "child"]}}})
+
+
+@pytest.mark.parametrize(("tool_format", "good", "bad"), [
+    ("json", '{"name": "book", "parameters": {"guest": {"name": "Ada", "kind": "adult"}, "nights": 2}}',
+     '{"name": "book", "parameters": {"guest": {"name": "Ada", "kind": "cat"}}}'),
+    ("pythonic", '[book(guest={"name": "Ada", "kind": "child"}, nights=2)]', '[book(guest={"name": "Ada"})]'),
+])
+def test_schemas_with_definitions_are_enforced(manager, tool_format, good, bad):
+    other = Tool("other", parameters={**NESTED.parameters, "$defs": {"Guest": {"type": "integer"}}})
+    constraint = tool_call_constraint(tool_format, [other, NESTED])  # each tool's Guest is its own
+    assert accepts(manager, constraint, good) and not accepts(manager, constraint, bad)
+
+
+@pytest.mark.parametrize("tool_format", ["json", "pythonic"])
+@pytest.mark.parametrize("ref", ["#/$defs/Missing", "#", "https://example.com/schema.json", "#/properties/a"])
+def test_references_a_grammar_cannot_follow_are_refused_naming_the_tool(tool_format, ref):
+    tool = Tool("bad", parameters={"type": "object", "properties": {"a": {"$ref": ref}}, "$defs": {"X": {}}})
+    with pytest.raises(ValueError, match=f"^tools\\[1\\].function.parameters: \\$ref '{re.escape(ref)}' is not"):
+        tool_call_constraint(tool_format, [NOW, tool])

@@ -16,6 +16,7 @@ import xgrammar as xgr
 from vlmserve.engine import grammar_limits
 from vlmserve.sampling_params import StructuredOutputsParams
 from vlmserve.tool_calls.pythonic_grammar import pythonic_calls_tag
+from vlmserve.tool_calls.schema_refs import LiftedSchema, lifted
 from vlmserve.tool_calls.types import Tool, ToolCallFormat
 
 _NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
@@ -29,34 +30,34 @@ def tool_call_constraint(tool_format: ToolCallFormat, tools: Sequence[Tool], *, 
     ValueError, naming the field in the client's terms, for what cannot be enforced."""
     if only is not None and only not in [tool.name for tool in tools]:
         raise ValueError(f"tool_choice names function {only!r}, which is not in tools")
-    chosen = [(index, tool, tool.strict or not allow_text) for index, tool in enumerate(tools)
-              if only is None or tool.name == only]
-    for index, tool, enforce in chosen:
-        if enforce:
-            _check_parameters(index, tool)
+    prefix = "{index}_" if tool_format == "json" else ""  # json: every tool's definitions under one root
+    chosen = [(index, tool, _checked(index, tool, prefix.format(index=index)) if tool.strict or not allow_text
+               else None) for index, tool in enumerate(tools) if only is None or tool.name == only]
     if tool_format == "pythonic":
         return StructuredOutputsParams(structural_tag=pythonic_calls_tag(chosen, parallel=parallel,
                                                                          allow_text=allow_text))
-    schema = {"anyOf": [_call_schema(tool, enforce) for _, tool, enforce in chosen]}
+    schema = {"anyOf": [_call_schema(tool, schema) for _, tool, schema in chosen]}
+    definitions = {name: value for _, _, schema in chosen if schema is not None
+                   for name, value in schema.definitions.items()}
+    if definitions:
+        schema["$defs"] = definitions
     if not allow_text:
         return StructuredOutputsParams(json=schema, disable_any_whitespace=True)
     call = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
     return StructuredOutputsParams(grammar=str(xgr.Grammar.union(call, xgr.Grammar.from_ebnf(_TEXT_NOT_A_CALL))))
 
 
-def _check_parameters(index: int, tool: Tool) -> None:
-    """Refuses, naming tools[index].function.parameters, a schema over a limit or using references."""
+def _checked(index: int, tool: Tool, prefix: str) -> LiftedSchema:
+    """The tool's schema with its definitions lifted out; ValueError, naming tools[index].function.parameters, for
+    one over a limit or with references that are not to its own definitions."""
     field = f"tools[{index}].function.parameters"
-    if tool.parameters is None:
-        return
-    grammar_limits.check_schema(tool.parameters, field)
-    if any(key in tool.parameters for key in ("$defs", "definitions", "$ref")):
-        raise ValueError(f"{field}: $defs and $ref are not supported in tool schemas yet; write the schema inline")
+    if tool.parameters is not None:
+        grammar_limits.check_schema(tool.parameters, field)
+    return lifted(tool.parameters, field, prefix)
 
 
-def _call_schema(tool: Tool, enforce: bool) -> dict:
-    parameters = tool.parameters if tool.parameters is not None else _NO_ARGUMENTS
-    if not enforce:
-        parameters = _ANY_OBJECT
+def _call_schema(tool: Tool, schema: LiftedSchema | None) -> dict:
+    """The JSON call of `tool` whose arguments match `schema` (None: any object)."""
+    parameters = _ANY_OBJECT if schema is None else _NO_ARGUMENTS if schema.body is None else schema.body
     return {"type": "object", "properties": {"name": {"const": tool.name}, "parameters": parameters},
             "required": ["name", "parameters"], "additionalProperties": False}

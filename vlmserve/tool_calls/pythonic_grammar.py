@@ -9,6 +9,7 @@ any keyword arguments with JSON values.
 import keyword
 from collections.abc import Sequence
 
+from vlmserve.tool_calls.schema_refs import LiftedSchema
 from vlmserve.tool_calls.types import Tool
 
 MAX_VALUE_WHITESPACE = 20  # inside a JSON value, as structured outputs allow (structured_output.MAX_JSON_WHITESPACE)
@@ -19,11 +20,13 @@ _EXPRESSIBLE = frozenset({"type", "properties", "required", "additionalPropertie
                           "$schema", "$comment", "strict"})
 
 
-def pythonic_calls_tag(chosen: Sequence[tuple[int, Tool, bool]], *, parallel: bool, allow_text: bool) -> dict:
-    """The structural tag for a list of calls of the `chosen` tools (each with its index in `tools` and whether its
-    schema is enforced): one call, or any number with `parallel`; with `allow_text`, text not opening with `[`
-    instead. ValueError, naming tools[i].function.parameters, for a schema the argument list cannot express."""
-    call = _one_of([_call(index, tool, enforce) for index, tool, enforce in chosen])
+def pythonic_calls_tag(chosen: Sequence[tuple[int, Tool, LiftedSchema | None]], *, parallel: bool,
+                       allow_text: bool) -> dict:
+    """The structural tag for a list of calls of the `chosen` tools (each with its index in `tools` and its schema,
+    None where it is not enforced): one call, or any number with `parallel`; with `allow_text`, text not opening
+    with `[` instead. ValueError, naming tools[i].function.parameters, for a schema the argument list cannot
+    express."""
+    call = _one_of([_call(index, tool, schema) for index, tool, schema in chosen])
     more = [_star(_sequence(_text(", "), call))] if parallel else []
     calls = _sequence(_text("["), call, *more, _text("]"))
     if allow_text:
@@ -31,12 +34,14 @@ def pythonic_calls_tag(chosen: Sequence[tuple[int, Tool, bool]], *, parallel: bo
     return {"type": "structural_tag", "format": calls}
 
 
-def _call(index: int, tool: Tool, enforce: bool) -> dict:
-    if not enforce:
+def _call(index: int, tool: Tool, schema: LiftedSchema | None) -> dict:
+    if schema is None:
         argument = _sequence({"type": "regex", "pattern": _ANY_KEYWORD}, _value(True))
         arguments = [_optional(_sequence(argument, _star(_sequence(_text(", "), argument))))]
     else:
-        arguments = _arguments(_properties(index, tool.parameters))
+        definitions = {"$defs": schema.definitions} if schema.definitions else {}
+        arguments = _arguments([(name, {**value, **definitions} if definitions and isinstance(value, dict) else value,
+                                 required) for name, value, required in _properties(index, schema.body)])
     return _sequence(_text(f"{tool.name}("), *arguments, _text(")"))
 
 
