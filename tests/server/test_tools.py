@@ -100,7 +100,7 @@ def test_tool_requests_that_cannot_be_answered_are_400_naming_the_field(serve):
         ({**ASK, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name",
          "not in tools"),
         ({**ASK, "tools": TOOLS + TOOLS[:1]}, "tools", "two functions named 'get_weather'"),
-        ({**ASK, "tool_choice": "required", "response_format": {"type": "json_object"}}, "tools",
+        ({**ASK, "tool_choice": "required", "structured_outputs": {"json_object": True}}, "tools",
          "only one output constraint"),
         ({**ASK, "messages": [image]}, None, "cannot call tools with an image"),
         ({**ASK, "messages": [*ASK["messages"], {"role": "tool", "tool_call_id": "x", "content": "1"}]}, None,
@@ -124,3 +124,26 @@ def test_parallel_tool_calls_false_keeps_the_first_call():
     assert [call.function.name for call in single.tool_calls] == ["get_time"]
     assert [call.function.name for call in both.tool_calls] == ["get_time", "get_weather"]
     assert finish == "tool_calls"
+
+
+MOOD = {"type": "object", "properties": {"mood": {"enum": ["happy", "sad"]}}, "required": ["mood"],
+        "additionalProperties": False}
+
+
+def test_response_format_shapes_text_answers_and_leaves_calls_alone(serve):
+    response_format = {"type": "json_schema", "json_schema": {"name": "mood", "schema": MOOD}}
+    strict = [{"type": "function", "function": {**tool["function"], "strict": True}} for tool in TOOLS]
+    bodies = [{**ASK, "max_tokens": 80, "response_format": response_format, "seed": seed, "temperature": 1,
+               "tools": strict} for seed in range(4)] + [
+        {**ASK, "tool_choice": "required", "response_format": response_format}]
+    *auto, required = post_all(serve, bodies)
+    for response in auto:
+        assert response.status_code == 200, response.text
+        choice = response.json()["choices"][0]
+        assert choice["finish_reason"] in ("stop", "tool_calls"), choice
+        if choice["finish_reason"] == "tool_calls":
+            check_calls(choice["message"], {"get_weather", "get_time"})
+        else:
+            jsonschema.validate(json.loads(choice["message"]["content"]), MOOD)
+    assert required.status_code == 200, required.text
+    check_calls(required.json()["choices"][0]["message"], {"get_weather", "get_time"})

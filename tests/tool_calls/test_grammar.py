@@ -124,3 +124,13 @@ def test_references_a_grammar_cannot_follow_are_refused_naming_the_tool(tool_for
     tool = Tool("bad", parameters={"type": "object", "properties": {"a": {"$ref": ref}}, "$defs": {"X": {}}})
     with pytest.raises(ValueError, match=f"^tools\\[1\\].function.parameters: \\$ref '{re.escape(ref)}' is not"):
         tool_call_constraint(tool_format, [NOW, tool])
+
+
+@pytest.mark.parametrize(("tool_format", "call"), [("json", '{"name": "now", "parameters": {}}'),
+                                                   ("pythonic", "[now()]")])
+def test_text_answers_follow_the_text_schema(manager, tool_format, call):
+    mood = {"type": "object", "properties": {"mood": {"enum": ["happy", "sad"]}}, "required": ["mood"]}
+    constraint = tool_call_constraint(tool_format, [NOW], allow_text=True, text_schema=mood)
+    assert accepts(manager, constraint, call) and accepts(manager, constraint, '{"mood": "sad"}')
+    for text in ("I am sad.", '{"mood": "angry"}', ""):
+        assert not accepts(manager, constraint, text), text

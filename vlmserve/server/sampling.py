@@ -21,7 +21,7 @@ def reject_unsupported(request: SamplingRequest) -> None:
 def structured_outputs(request: SamplingRequest, tool_constraint: StructuredOutputsParams | None = None
                        ) -> dict | StructuredOutputsParams | None:
     """One constraint from response_format, structured_outputs, the legacy guided_* fields or the tools' grammar
-    (tool_choice); two conflict."""
+    (tool_choice, which holds response_format: it applies to text answers); two conflict."""
     found = _constraints(request, tool_constraint)
     if len(found) > 1:
         raise APIError(400, f"give only one output constraint; got {', '.join(found)}", sorted(found)[1])
@@ -46,7 +46,7 @@ def _constraints(request: SamplingRequest, tool_constraint: StructuredOutputsPar
                  ) -> dict[str, dict | StructuredOutputsParams]:
     """The output constraints the request gives, by the field that gives each."""
     found: dict[str, dict | StructuredOutputsParams] = {} if tool_constraint is None else {"tools": tool_constraint}
-    if request.response_format is not None and request.response_format.type != "text":
+    if request.response_format is not None and request.response_format.type != "text" and tool_constraint is None:
         found["response_format"] = _from_response_format(request)
     if request.structured_outputs is not None:
         found["structured_outputs"] = request.structured_outputs.model_dump(by_alias=True, exclude_defaults=True)

@@ -7,6 +7,8 @@ grammar, and a completion's text -> content plus tool_calls, whole or as stream 
   Tools with `strict: true` are enforced by a grammar that lets the answer be text or a call that matches.
 - `required` and a named function: a grammar makes the answer one or more calls (one for Llama 3.2, whose model
   writes one call per message) matching the tools' schemas, even from random weights.
+- `response_format` (json_schema, json_object) applies to text answers, as OpenAI's does: under "auto" the grammar
+  lets the answer be a call or JSON in that format; under "required" there is no text for it to shape.
 """
 
 import uuid
@@ -38,6 +40,7 @@ class ToolUse:
     tools: list[Tool]
     choice: str
     parallel: bool
+    text_format: dict | None = None  # the JSON schema a text answer must match (response_format)
 
     @property
     def names(self) -> list[str]:
@@ -47,9 +50,10 @@ class ToolUse:
         """The output grammar the choice asks for, or None (auto without strict tools). ValueError names the tool
         a grammar cannot be made for."""
         if self.choice == "auto":
-            if not any(tool.strict for tool in self.tools):
+            if self.text_format is None and not any(tool.strict for tool in self.tools):
                 return None
-            return tool_call_constraint(tool_format, self.tools, parallel=self.parallel, allow_text=True)
+            return tool_call_constraint(tool_format, self.tools, parallel=self.parallel, allow_text=True,
+                                        text_schema=self.text_format)
         only = None if self.choice == "required" else self.choice
         return tool_call_constraint(tool_format, self.tools, only=only, parallel=self.parallel)
 
@@ -91,7 +95,14 @@ def resolve_tool_use(body: ChatCompletionRequest) -> ToolUse | None:
     choice = choice or ("auto" if tools else "none")
     if choice == "none" or not tools:
         return None
-    return ToolUse(tools, choice, body.parallel_tool_calls is not False)
+    return ToolUse(tools, choice, body.parallel_tool_calls is not False, _text_format(body))
+
+
+def _text_format(body: ChatCompletionRequest) -> dict | None:
+    response_format = body.response_format
+    if response_format is None or response_format.type == "text":
+        return None
+    return {"type": "object"} if response_format.type == "json_object" else response_format.json_schema.schema_
 
 
 def call_deltas(parsed: ParsedOutput) -> list[Delta]:

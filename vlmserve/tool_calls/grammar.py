@@ -15,27 +15,34 @@ import xgrammar as xgr
 
 from vlmserve.engine import grammar_limits
 from vlmserve.sampling_params import StructuredOutputsParams
-from vlmserve.tool_calls.pythonic_grammar import pythonic_calls_tag
+from vlmserve.tool_calls.pythonic_grammar import json_value, pythonic_calls_tag
 from vlmserve.tool_calls.schema_refs import LiftedSchema, lifted
 from vlmserve.tool_calls.types import Tool, ToolCallFormat
 
 _NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
 _ANY_OBJECT = {"type": "object"}
 _TEXT_NOT_A_CALL = 'root ::= "" | [^{] [^]*'
+TEXT_SCHEMA_FIELD = "response_format.json_schema.schema"
 
 
 def tool_call_constraint(tool_format: ToolCallFormat, tools: Sequence[Tool], *, only: str | None = None,
-                         parallel: bool = True, allow_text: bool = False) -> StructuredOutputsParams:
-    """The grammar of the calls the choice allows (`only`: the one tool's name; `allow_text`: or text instead).
-    ValueError, naming the field in the client's terms, for what cannot be enforced."""
+                         parallel: bool = True, allow_text: bool = False, text_schema: dict | None = None
+                         ) -> StructuredOutputsParams:
+    """The grammar of the calls the choice allows (`only`: the one tool's name; `allow_text`: or text instead,
+    JSON matching `text_schema` if given). ValueError, naming the field in the client's terms, for what cannot be
+    enforced."""
     if only is not None and only not in [tool.name for tool in tools]:
         raise ValueError(f"tool_choice names function {only!r}, which is not in tools")
     prefix = "{index}_" if tool_format == "json" else ""  # json: every tool's definitions under one root
     chosen = [(index, tool, _checked(index, tool, prefix.format(index=index)) if tool.strict or not allow_text
                else None) for index, tool in enumerate(tools) if only is None or tool.name == only]
+    text = None
+    if text_schema is not None:
+        grammar_limits.check_schema(text_schema, TEXT_SCHEMA_FIELD)
+        text = json_value(text_schema)
     if tool_format == "pythonic":
         return StructuredOutputsParams(structural_tag=pythonic_calls_tag(chosen, parallel=parallel,
-                                                                         allow_text=allow_text))
+                                                                         allow_text=allow_text, text=text))
     schema = {"anyOf": [_call_schema(tool, schema) for _, tool, schema in chosen]}
     definitions = {name: value for _, _, schema in chosen if schema is not None
                    for name, value in schema.definitions.items()}
@@ -43,6 +50,9 @@ def tool_call_constraint(tool_format: ToolCallFormat, tools: Sequence[Tool], *, 
         schema["$defs"] = definitions
     if not allow_text:
         return StructuredOutputsParams(json=schema, disable_any_whitespace=True)
+    if text is not None:
+        return StructuredOutputsParams(structural_tag={"type": "structural_tag", "format": {
+            "type": "or", "elements": [json_value(schema), text]}})
     call = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
     return StructuredOutputsParams(grammar=str(xgr.Grammar.union(call, xgr.Grammar.from_ebnf(_TEXT_NOT_A_CALL))))
 

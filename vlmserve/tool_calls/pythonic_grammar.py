@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from vlmserve.tool_calls.schema_refs import LiftedSchema
 from vlmserve.tool_calls.types import Tool
 
-MAX_VALUE_WHITESPACE = 20  # inside a JSON value, as structured outputs allow (structured_output.MAX_JSON_WHITESPACE)
+MAX_VALUE_WHITESPACE = 20  # in a JSON value, as structured outputs allow (structured_output.MAX_JSON_WHITESPACE)
 _TEXT_NOT_A_CALL = 'root ::= "" | [^[] [^]*'
 _ANY_KEYWORD = "[A-Za-z_][A-Za-z0-9_]*="
 # Top-level schema keywords the call's argument list can express; annotations change nothing.
@@ -21,22 +21,22 @@ _EXPRESSIBLE = frozenset({"type", "properties", "required", "additionalPropertie
 
 
 def pythonic_calls_tag(chosen: Sequence[tuple[int, Tool, LiftedSchema | None]], *, parallel: bool,
-                       allow_text: bool) -> dict:
+                       allow_text: bool, text: dict | None = None) -> dict:
     """The structural tag for a list of calls of the `chosen` tools (each with its index in `tools` and its schema,
-    None where it is not enforced): one call, or any number with `parallel`; with `allow_text`, text not opening
-    with `[` instead. ValueError, naming tools[i].function.parameters, for a schema the argument list cannot
-    express."""
+    None where it is not enforced): one call, or any number with `parallel`; with `allow_text`, the `text` format
+    instead (default: text not opening with `[`). ValueError, naming tools[i].function.parameters, for a schema
+    the argument list cannot express."""
     call = _one_of([_call(index, tool, schema) for index, tool, schema in chosen])
     more = [_star(_sequence(_text(", "), call))] if parallel else []
     calls = _sequence(_text("["), call, *more, _text("]"))
     if allow_text:
-        calls = _one_of([calls, {"type": "grammar", "grammar": _TEXT_NOT_A_CALL}])
+        calls = _one_of([calls, text or {"type": "grammar", "grammar": _TEXT_NOT_A_CALL}])
     return {"type": "structural_tag", "format": calls}
 
 
 def _call(index: int, tool: Tool, schema: LiftedSchema | None) -> dict:
     if schema is None:
-        argument = _sequence({"type": "regex", "pattern": _ANY_KEYWORD}, _value(True))
+        argument = _sequence({"type": "regex", "pattern": _ANY_KEYWORD}, json_value(True))
         arguments = [_optional(_sequence(argument, _star(_sequence(_text(", "), argument))))]
     else:
         definitions = {"$defs": schema.definitions} if schema.definitions else {}
@@ -85,10 +85,11 @@ def _later(name: str, schema: dict | bool, required: bool) -> dict:
 
 
 def _keyword(name: str, schema: dict | bool) -> dict:
-    return _sequence(_text(f"{name}="), _value(schema))
+    return _sequence(_text(f"{name}="), json_value(schema))
 
 
-def _value(schema: dict | bool) -> dict:
+def json_value(schema: dict | bool) -> dict:
+    """The structural-tag format of JSON matching `schema`."""
     return {"type": "json_schema", "json_schema": schema, "max_whitespace_cnt": MAX_VALUE_WHITESPACE}
 
 
