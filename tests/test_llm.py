@@ -7,6 +7,9 @@ from tests.helpers import png_bytes, png_data_url
 from vlmserve import LLM, SamplingParams
 from vlmserve.engine.input_processor import InputError
 from vlmserve.multimodal.inputs import ImageInputError
+from vlmserve.tool_calls.grammar import tool_call_constraint
+from vlmserve.tool_calls.parser import parse_tool_calls
+from vlmserve.tool_calls.types import Tool
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
@@ -118,3 +121,18 @@ def test_long_prompt_list_streams_through_in_order(demo_model_dir):
     with pytest.raises(InputError, match="marker"):
         llm.generate(prompts[:10] + [{"prompt": "<|image|>?", "images": []}] + prompts[10:], params, use_tqdm=False)
     assert not llm.engine.has_unfinished_requests() and llm.engine.scheduler.block_manager.num_free_blocks == 64
+
+
+def test_chat_offers_tools_and_a_grammar_makes_the_answer_a_call(demo_llm):
+    parameters = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"]}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}]
+    messages = [{"role": "user", "content": "Weather in Rome?"}]
+    call = SamplingParams(max_tokens=40, temperature=0, structured_outputs=tool_call_constraint(
+        "json", [Tool.from_openai(tools[0])]))
+    [with_tools] = demo_llm.chat(messages, call, tools=tools, use_tqdm=False)
+    [plain] = demo_llm.chat(messages, SamplingParams(max_tokens=1), use_tqdm=False)
+    assert len(with_tools.prompt_token_ids) > len(plain.prompt_token_ids) + 10  # the definitions are in the prompt
+    [parsed] = parse_tool_calls(with_tools.outputs[0].text, ["get_weather"]).calls
+    assert parsed.name == "get_weather" and parsed.arguments["city"] in ("Paris", "Rome")
+    with pytest.raises(ValueError, match="a tool must be"):
+        demo_llm.chat(messages, tools=[{"name": "get_weather"}], use_tqdm=False)

@@ -12,6 +12,7 @@ from vlmserve.engine.input_processor import PreparedInput
 from vlmserve.engine.llm_engine import build_engine
 from vlmserve.engine.outputs import OutputCollector, RequestOutput
 from vlmserve.sampling_params import SamplingParams
+from vlmserve.tool_calls.types import Tool
 
 
 class LLM:
@@ -48,11 +49,14 @@ class LLM:
         return self._run([functools.partial(process, p) for p in prompts], sampling_params, use_tqdm)
 
     def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True, add_generation_prompt: bool = True,
-             continue_final_message: bool = False, date_string: str | None = None) -> list[RequestOutput]:
-        """One conversation (a list of OpenAI-style messages) or a list of them."""
+             continue_final_message: bool = False, date_string: str | None = None,
+             tools: list[dict] | None = None) -> list[RequestOutput]:
+        """One conversation (a list of OpenAI-style messages) or a list of them. `tools` (OpenAI's chat tools) are
+        offered in each prompt as the family's format writes them; `vlmserve.tool_calls.parser.parse_tool_calls`
+        reads the calls out of the answers."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         options = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
-                       date_string=date_string)
+                       date_string=date_string, tools=None if tools is None else [Tool.from_openai(t) for t in tools])
         process = self.engine.process_chat
         return self._run([functools.partial(process, c, **options) for c in conversations], sampling_params,
                          use_tqdm)

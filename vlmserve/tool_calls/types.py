@@ -22,6 +22,18 @@ class Tool:
     parameters: dict[str, Any] | None = None
     strict: bool = False
 
+    @classmethod
+    def from_openai(cls, spec: Any) -> "Tool":
+        """A tool as OpenAI's chat API spells it: {"type": "function", "function": {"name", "description",
+        "parameters", "strict"}}; ValueError for anything else."""
+        function = spec.get("function") if isinstance(spec, dict) and spec.get("type") == "function" else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError(f'a tool must be {{"type": "function", "function": {{"name": ...}}}}, got {spec!r}')
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise ValueError(f"tool {function['name']!r}: parameters must be a JSON schema object")
+        return cls(function["name"], function.get("description"), parameters, bool(function.get("strict")))
+
     def definition(self) -> dict[str, Any]:
         """The function as OpenAI's API spells it ({"name", "description", "parameters"}), for the prompt."""
         spelled: dict[str, Any] = {"name": self.name}
