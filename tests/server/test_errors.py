@@ -64,7 +64,9 @@ def test_bad_requests_are_400_naming_the_field(serve, extra, param):
 
 def test_harmless_metadata_is_accepted(serve):
     extras = {"user": "u1", "store": False, "metadata": {"k": "v"}, "service_tier": "auto",
-              "parallel_tool_calls": True, "logit_bias": {}, "tools": [], "modalities": ["text"]}
+              "parallel_tool_calls": True, "logit_bias": {}, "tools": [], "modalities": ["text"],
+              "prompt_cache_key": "k", "prompt_cache_retention": "24h", "safety_identifier": "s", "verbosity": "low",
+              "stream": True, "stream_options": {"include_usage": True, "include_obfuscation": False}}
     [response] = post_chat(serve, [{**ASK, **extras}])
     assert response.status_code == 200, response.text
 

@@ -138,6 +138,7 @@ class NamedToolChoice(Strict):
 
 class StreamOptions(Strict):
     include_usage: bool = False
+    include_obfuscation: bool | None = Field(None, description="accepted; deltas are never padded")
 
 
 class JSONSchema(Strict):
@@ -212,6 +213,9 @@ class SamplingRequest(Strict):
     store: bool | None = None
     metadata: JSONObject | None = None
     service_tier: Text | None = None
+    prompt_cache_key: Text | None = None
+    prompt_cache_retention: Text | None = None
+    safety_identifier: Text | None = None
     # Unsupported: only the values that change nothing.
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
 
@@ -231,6 +235,8 @@ class ChatCompletionRequest(SamplingRequest):
         None, description="default: auto with tools, none without; required and a named function are enforced by "
                           "the output grammar")
     parallel_tool_calls: bool | None = Field(None, description="default true (Llama 3.2 writes one call at most)")
+    verbosity: Literal["low", "medium", "high"] | None = Field(
+        None, description="accepted; these models have no verbosity setting")
     functions: Annotated[list[Any], Field(max_length=0)] | None = None
     function_call: Literal["none"] | None = None
     audio: None = None
