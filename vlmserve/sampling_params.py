@@ -38,9 +38,9 @@ class StructuredOutputsParams:
     `json`: a JSON schema, as a dict or JSON text (normalised to a dict); `json_object`: any JSON object (OpenAI's
     `response_format={"type": "json_object"}`); `regex`: the whole output matches it; `choice`: the output is one of
     these strings; `grammar`: an EBNF grammar as xgrammar reads it (rule `root`); `structural_tag`: an xgrammar
-    structural tag (`{"type": "structural_tag", "format": ...}`, as a dict or JSON text). JSON may have at most 20 whitespace
-    characters between two tokens, so a model cannot pad it with whitespace until max_tokens; `disable_any_whitespace`
-    makes it compact (", " and ": " separators only).
+    structural tag (`{"type": "structural_tag", "format": ...}`, as a dict or JSON text). JSON may have at most 20
+    whitespace characters between two tokens, so a model cannot pad it with whitespace until max_tokens;
+    `disable_any_whitespace` makes it compact (", " and ": " separators only).
     Whether the schema, regex or grammar compiles is checked when the request is added (ValueError), since that
     needs the tokenizer.
     """

@@ -123,6 +123,11 @@ def test_tool_round_trip_with_the_openai_client(client):
     pieces = [d for chunk in streamed for d in (chunk.choices[0].delta.tool_calls or [])]
     assert pieces[0].id and pieces[0].function.name == "get_weather"
     assert "".join(p.function.arguments or "" for p in pieces) == call.function.arguments
+    named = ask(client, messages, tools=[LOOSE_WEATHER_TOOL], temperature=0, max_tokens=40,
+                tool_choice={"type": "function", "function": {"name": "get_weather"}}).choices[0]
+    assert named.finish_reason == "tool_calls" and named.message.tool_calls[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(named.message.tool_calls[0].function.arguments),
+                        WEATHER_TOOL["function"]["parameters"])
     answer = ask(client, [*messages, choice.message.model_dump(exclude_none=True),
                           {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"}],
                  tools=[LOOSE_WEATHER_TOOL], temperature=0, max_tokens=4, extra_body={"ignore_eos": True})

@@ -49,6 +49,27 @@ def test_streamed_events_come_in_order_and_join_to_the_answer(server):
     assert text == events[-1].response.output_text
 
 
+def test_an_agent_calls_its_function_tool(server):
+    calls = []
+
+    @function_tool
+    def get_weather(city: Literal["Paris", "Rome"]) -> str:
+        """The weather in a city."""
+        calls.append(city)
+        return "18 C and sunny"
+
+    model = OpenAIResponsesModel(model=MODEL, openai_client=openai.AsyncOpenAI(
+        base_url=f"{server.url}/v1", api_key="unused", max_retries=0))
+    # Random weights never end free text, so the run ends with the tool's result as the final output; the
+    # argument is an enum so that the grammar-forced call is short.
+    agent = Agent(name="weather", instructions="Answer with the tool's help.", tools=[get_weather], model=model,
+                  model_settings=ModelSettings(tool_choice="required", max_tokens=40, temperature=0),
+                  tool_use_behavior="stop_on_first_tool")
+    result = asyncio.run(Runner.run(agent, "Weather in Paris?", max_turns=3,
+                                    run_config=RunConfig(tracing_disabled=True)))
+    assert len(calls) == 1 and result.final_output == "18 C and sunny"
+
+
 def test_previous_response_id_continues_after_a_restart(demo_model_dir, data_dir, server):
     first = client_of(server).responses.create(model=MODEL, input="My name is Ada.", max_output_tokens=4,
                                                temperature=0)
@@ -64,28 +85,3 @@ def test_previous_response_id_continues_after_a_restart(demo_model_dir, data_dir
         assert client.responses.retrieve(first.id).output_text == first.output_text
     finally:
         restarted.stop()
-
-
-def test_an_agent_calls_its_function_tool(demo_model_dir):
-    calls = []
-
-    @function_tool
-    def get_weather(city: Literal["Paris", "Rome"]) -> str:
-        """The weather in a city."""
-        calls.append(city)
-        return "18 C and sunny"
-
-    live = LiveServer(demo_model_dir)
-    try:
-        model = OpenAIResponsesModel(model=MODEL, openai_client=openai.AsyncOpenAI(
-            base_url=f"{live.url}/v1", api_key="unused", max_retries=0))
-        # Random weights never end free text, so the run ends with the tool's result as the final output; the
-        # argument is an enum so that the grammar-forced call is short.
-        agent = Agent(name="weather", instructions="Answer with the tool's help.", tools=[get_weather], model=model,
-                      model_settings=ModelSettings(tool_choice="required", max_tokens=40, temperature=0),
-                      tool_use_behavior="stop_on_first_tool")
-        result = asyncio.run(Runner.run(agent, "Weather in Paris?", max_turns=3,
-                                        run_config=RunConfig(tracing_disabled=True)))
-    finally:
-        live.stop()
-    assert len(calls) == 1 and result.final_output == "18 C and sunny"

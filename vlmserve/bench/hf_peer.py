@@ -136,18 +136,22 @@ def hf_ttft(model, examples: list[dict], warmup: int) -> dict:
     return {"ttft_ms": statistics.median(times), "ttft_ms_all": times, "first_tokens": tokens[warmup:]}
 
 
-def hf_decode(model, examples: list[dict], output_len: int) -> dict:
+def _timed(model, examples: list[dict], max_new_tokens: int) -> tuple[float, list]:
+    start = now(model.device)
+    tokens = generate(model, examples, max_new_tokens)
+    return now(model.device) - start, tokens
+
+
+def hf_decode(model, examples: list[dict], output_len: int, repeats: int = 3) -> dict:
     """Decode speed of one batch: (time of generate(N) - time of generate(1)) / (N - 1) per step, after a warm-up
-    generate(2): both calls prefill alike, so their difference is N - 1 decode steps. A batch that does not fit
-    in memory is reported as such."""
+    generate(2): both calls prefill alike, so their difference is N - 1 decode steps. Each time is the fastest of
+    `repeats` (noise only adds time; one noisy reading of generate(1) made the difference negative on a busy
+    machine). A batch that does not fit in memory is reported as such."""
     try:
         generate(model, examples, 2)
-        start = now(model.device)
-        generate(model, examples, 1)
-        one = now(model.device) - start
-        start = now(model.device)
-        tokens = generate(model, examples, output_len)
-        many = now(model.device) - start
+        one = min(_timed(model, examples, 1)[0] for _ in range(repeats))
+        runs = [_timed(model, examples, output_len) for _ in range(repeats)]
+        many, tokens = min(runs, key=lambda run: run[0])
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {"batch_size": len(examples), "error": "out of memory"}

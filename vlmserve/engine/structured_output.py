@@ -1,8 +1,8 @@
 """Grammar-constrained decoding with xgrammar: one compiler per engine, one matcher per constrained sequence.
 
-A request's JSON schema, regex, choice, grammar or structural tag is compiled when the request is added, or beforehand on a
-server's preparation threads (errors surface there as ValueError, never in the engine loop; xgrammar caches
-compiled grammars, so a repeated one costs only its conversion). Compiling is bounded three ways: static limits
+A request's JSON schema, regex, choice, grammar or structural tag is compiled when the request is added, or
+beforehand on a server's preparation threads (errors surface there as ValueError, never in the engine loop;
+xgrammar caches compiled grammars, so a repeated one costs only its conversion). Compiling is bounded three ways: static limits
 (grammar_limits), the size of the grammar xgrammar converts the input to, and a time budget. Each of its sequences
 gets its own matcher, which says which tokens may come next and accepts the sampled one; a sequence preempted by
 recompute keeps its matcher, which has already accepted every output token so far.
