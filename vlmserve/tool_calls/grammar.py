@@ -33,9 +33,9 @@ def tool_call_constraint(tool_format: ToolCallFormat, tools: Sequence[Tool], *, 
     enforced."""
     if only is not None and only not in [tool.name for tool in tools]:
         raise ValueError(f"tool_choice names function {only!r}, which is not in tools")
-    prefix = "{index}_" if tool_format == "json" else ""  # json: every tool's definitions under one root
-    chosen = [(index, tool, _checked(index, tool, prefix.format(index=index)) if tool.strict or not allow_text
-               else None) for index, tool in enumerate(tools) if only is None or tool.name == only]
+    prefixed = tool_format == "json"  # json: every tool's definitions under one root, so each under its index
+    chosen = [(index, tool, _checked(index, tool, prefixed) if tool.strict or not allow_text else None)
+              for index, tool in enumerate(tools) if only is None or tool.name == only]
     text = None
     if text_schema is not None:
         grammar_limits.check_schema(text_schema, TEXT_SCHEMA_FIELD)
@@ -43,6 +43,13 @@ def tool_call_constraint(tool_format: ToolCallFormat, tools: Sequence[Tool], *, 
     if tool_format == "pythonic":
         return StructuredOutputsParams(structural_tag=pythonic_calls_tag(chosen, parallel=parallel,
                                                                          allow_text=allow_text, text=text))
+    return _json_call_constraint(chosen, allow_text, text)
+
+
+def _json_call_constraint(chosen: list[tuple[int, Tool, LiftedSchema | None]], allow_text: bool,
+                          text: dict | None) -> StructuredOutputsParams:
+    """One compact JSON call of the chosen tools; with `allow_text`, or the `text` format (default: text that does
+    not open with `{`)."""
     schema = {"anyOf": [_call_schema(tool, schema) for _, tool, schema in chosen]}
     definitions = {name: value for _, _, schema in chosen if schema is not None
                    for name, value in schema.definitions.items()}
@@ -57,13 +64,14 @@ def tool_call_constraint(tool_format: ToolCallFormat, tools: Sequence[Tool], *, 
     return StructuredOutputsParams(grammar=str(xgr.Grammar.union(call, xgr.Grammar.from_ebnf(_TEXT_NOT_A_CALL))))
 
 
-def _checked(index: int, tool: Tool, prefix: str) -> LiftedSchema:
-    """The tool's schema with its definitions lifted out; ValueError, naming tools[index].function.parameters, for
-    one over a limit or with references that are not to its own definitions."""
+def _checked(index: int, tool: Tool, prefixed: bool) -> LiftedSchema:
+    """The tool's schema with its definitions lifted out (`prefixed`: renamed `<index>_<name>`); ValueError, naming
+    tools[index].function.parameters, for one over a limit or with references that are not to its own
+    definitions."""
     field = f"tools[{index}].function.parameters"
     if tool.parameters is not None:
         grammar_limits.check_schema(tool.parameters, field)
-    return lifted(tool.parameters, field, prefix)
+    return lifted(tool.parameters, field, f"{index}_" if prefixed else "")
 
 
 def _call_schema(tool: Tool, schema: LiftedSchema | None) -> dict:
