@@ -85,13 +85,24 @@ def test_required_tools_give_function_calls_streamed_and_not(serve):
     assert found[-1]["response"]["output"][0]["arguments"] == call["arguments"]
 
 
-def test_a_tool_result_goes_back_as_function_call_output(serve):
+def test_function_call_items_are_the_chat_messages_they_stand_for(serve):
+    """The same conversation as Responses items and as chat messages gives the same prompt and greedy answer."""
     turns = [{"role": "user", "content": "Weather in Paris?"},
              {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
              {"type": "function_call_output", "call_id": "call_1", "output": "18 C"}]
-    [response] = post_all(serve, [("/v1/responses", {**GREEDY, "input": turns, "tools": [WEATHER]})])
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+                    "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}]
+    chat_tool = {"type": "function", "function": {key: WEATHER[key] for key in ("name", "description", "parameters")}}
+    response, chat = post_all(serve, [
+        ("/v1/responses", {**GREEDY, "input": turns, "tools": [WEATHER], "tool_choice": "none"}),
+        ("/v1/chat/completions", {"model": MODEL, "temperature": 0, "max_tokens": 6, "messages": messages,
+                                  "tools": [chat_tool], "tool_choice": "none"})])
     assert response.status_code == 200, response.text
-    assert response.json()["output"][0]["type"] in ("message", "function_call")
+    body, chat = response.json(), chat.json()
+    assert body["usage"]["input_tokens"] == chat["usage"]["prompt_tokens"]
+    assert body["output"][0]["content"][0]["text"] == chat["choices"][0]["message"]["content"]
 
 
 def test_stored_responses_continue_retrieve_and_delete(serve, tmp_path):

@@ -30,8 +30,8 @@ MAX_EBNF_CHARS = 16384
 MAX_GRAMMAR_CHARS = 65536  # the grammar xgrammar converts any of them to, printed, before compiling it
 
 # Keywords whose values are JSON data rather than subschemas, and those whose values map names to subschemas.
-_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
-_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
 _QUANTIFIER = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 _JSON = "structured_outputs.json"
 _HUGE = 10**9  # any count past this is just "too large" (and keeps messages short)
@@ -112,9 +112,9 @@ def _subschemas(schema: dict) -> Iterator[tuple[dict, int]]:
         schema, depth = stack.pop()
         yield schema, depth
         for key, value in schema.items():
-            if key in _DATA_KEYWORDS:
+            if key in DATA_KEYWORDS:
                 continue
-            children = value.values() if key in _SCHEMA_MAPS and isinstance(value, dict) else (
+            children = value.values() if key in SCHEMA_MAPS and isinstance(value, dict) else (
                 [value] if isinstance(value, dict) else value if isinstance(value, list) else ())
             stack.extend((child, depth + 1) for child in children if isinstance(child, dict))
 

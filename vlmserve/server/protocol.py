@@ -175,7 +175,18 @@ class StructuredOutputs(Strict):
     disable_any_whitespace: bool = False
 
 
-class SamplingRequest(Strict):
+class HarmlessMetadata(Strict):
+    """Fields OpenAI's SDKs send that change nothing this server answers: accepted, never acted on."""
+
+    user: Text | None = None
+    metadata: JSONObject | None = None
+    service_tier: Text | None = None
+    prompt_cache_key: Text | None = None
+    prompt_cache_retention: Text | None = None
+    safety_identifier: Text | None = None
+
+
+class SamplingRequest(HarmlessMetadata):
     """Fields shared by chat and completions: the model, sampling, stopping, streaming and output format."""
 
     model: Text | None = Field(None, description="the served model name; omitted means the one served")
@@ -208,14 +219,7 @@ class SamplingRequest(Strict):
     guided_regex: NonEmptyText | None = None
     guided_choice: Annotated[list[Text], Field(min_length=1)] | None = None
     guided_grammar: NonEmptyText | None = None
-    # Accepted metadata: none of it changes the answer.
-    user: Text | None = None
-    store: bool | None = None
-    metadata: JSONObject | None = None
-    service_tier: Text | None = None
-    prompt_cache_key: Text | None = None
-    prompt_cache_retention: Text | None = None
-    safety_identifier: Text | None = None
+    store: bool | None = Field(None, description="accepted; nothing is stored")
     # Unsupported: only the values that change nothing.
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
-from vlmserve.server.protocol import MAX_TOOLS, ImageURLString, JSONSchema, Strict, ToolName
+from vlmserve.server.protocol import MAX_TOOLS, HarmlessMetadata, ImageURLString, JSONSchema, Strict, ToolName
 from vlmserve.server.request_types import Int64, JSONObject, PositiveInt64, Text
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -136,7 +136,7 @@ class StreamOptions(Strict):
 UNSUPPORTED_TOOL = "only function tools are supported; this server has no built-in {kind} tool"
 
 
-class ResponsesRequest(Strict):
+class ResponsesRequest(HarmlessMetadata):
     model: Text | None = Field(None, description="the served model name; omitted means the one served")
     input: Text | Annotated[list[InputItem], Field(min_length=1)]
     instructions: Text | None = Field(None, description="a system message before the input (not carried over by "
@@ -153,13 +153,6 @@ class ResponsesRequest(Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     store: bool | None = Field(None, description="default true: kept when the server has --data-dir")
-    # Accepted metadata: none of it changes the answer.
-    metadata: JSONObject | None = None
-    user: Text | None = None
-    prompt_cache_key: Text | None = None
-    prompt_cache_retention: Text | None = None
-    safety_identifier: Text | None = None
-    service_tier: Text | None = None
     truncation: Literal["disabled"] | None = Field(None, description="'auto' (dropping input) is not supported")
     # Unsupported: only the values that change nothing.
     include: Annotated[list[Any], Field(max_length=0)] | None = None

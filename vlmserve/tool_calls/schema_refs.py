@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from vlmserve.engine.grammar_limits import DATA_KEYWORDS, SCHEMA_MAPS
+
 DEFINITIONS = ("$defs", "definitions")
-_DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})  # their values are data, not schemas
-_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "dependentSchemas"})  # names -> schemas
 _LOCAL_REF = re.compile(r"^#/(\$defs|definitions)/([^/]+)$")
 
 
@@ -52,9 +52,9 @@ def _renamed(value: Any, field: str, prefix: str, known: set[str]) -> Any:
     for key, item in value.items():
         if key == "$ref":
             renamed[key] = _local_ref(item, field, prefix, known)
-        elif key in _DATA_KEYWORDS:
+        elif key in DATA_KEYWORDS:
             renamed[key] = item
-        elif key in _SCHEMA_MAPS and isinstance(item, dict):
+        elif key in SCHEMA_MAPS and isinstance(item, dict):
             renamed[key] = {name: _renamed(schema, field, prefix, known) for name, schema in item.items()}
         else:
             renamed[key] = _renamed(item, field, prefix, known)
