@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from vlmserve.multimodal.inputs import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 GiB = 1 << 30
+SCHEDULING_POLICIES = ("fcfs", "priority")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1  # ranks the model is split over, one device each
     enforce_eager: bool = False  # no CUDA graphs: decode steps run eagerly too (vLLM's name)
+    scheduling_policy: str = "fcfs"  # or "priority": requests' priority (lower first) orders the queue (vLLM's)
 
     def __post_init__(self):
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens", "cpu_kv_cache_bytes",
@@ -37,5 +39,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, got "
+                             f"{self.scheduling_policy!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")

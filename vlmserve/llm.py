@@ -41,33 +41,38 @@ class LLM:
         """The model's tokenizer (encode, decode, special token ids)."""
         return self.engine.tokenizer
 
-    def generate(self, prompts, sampling_params=None, *, use_tqdm: bool = True) -> list[RequestOutput]:
-        """Each prompt: a string, {"prompt": str, "images": [...]} or {"prompt_token_ids": [...], "images": [...]}."""
+    def generate(self, prompts, sampling_params=None, *, use_tqdm: bool = True,
+                 priority: list[int] | None = None) -> list[RequestOutput]:
+        """Each prompt: a string, {"prompt": str, "images": [...]} or {"prompt_token_ids": [...], "images": [...]}.
+        `priority`: one per prompt, lower first (needs scheduling_policy="priority"), as vLLM's LLM takes it."""
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
         process = self.engine.process_prompt
-        return self._run([functools.partial(process, p) for p in prompts], sampling_params, use_tqdm)
+        return self._run([functools.partial(process, p) for p in prompts], sampling_params, use_tqdm, priority)
 
     def chat(self, messages, sampling_params=None, *, use_tqdm: bool = True, add_generation_prompt: bool = True,
              continue_final_message: bool = False, date_string: str | None = None,
-             tools: list[dict] | None = None) -> list[RequestOutput]:
+             tools: list[dict] | None = None, priority: list[int] | None = None) -> list[RequestOutput]:
         """One conversation (a list of OpenAI-style messages) or a list of them. `tools` (OpenAI's chat tools) are
         offered in each prompt as the family's format writes them; `vlmserve.tool_calls.parser.parse_tool_calls`
-        reads the calls out of the answers."""
+        reads the calls out of the answers. `priority`: as for generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         options = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
                        date_string=date_string, tools=None if tools is None else [Tool.from_openai(t) for t in tools])
         process = self.engine.process_chat
         return self._run([functools.partial(process, c, **options) for c in conversations], sampling_params,
-                         use_tqdm)
+                         use_tqdm, priority)
 
-    def _run(self, prepare: list[Callable[[], PreparedInput]], sampling_params, use_tqdm: bool) -> list[RequestOutput]:
+    def _run(self, prepare: list[Callable[[], PreparedInput]], sampling_params, use_tqdm: bool,
+             priority: list[int] | None = None) -> list[RequestOutput]:
         """Stream the prompts through the engine: each is prepared (images decoded and tiled) only when the
         engine has room for more, so a long list never holds every image in memory at once. A prompt that cannot
         be prepared raises when it is reached, after the requests still in flight are aborted."""
         params = _per_prompt(sampling_params, len(prepare))
+        if priority is not None and len(priority) != len(prepare):
+            raise ValueError(f"priority has {len(priority)} values for {len(prepare)} prompts: give one per prompt")
         ids = [str(next(self._request_ids)) for _ in prepare]
-        pending = list(zip(ids, prepare, params))[::-1]
+        pending = list(zip(ids, prepare, params, priority or [0] * len(prepare)))[::-1]
         collectors = {request_id: OutputCollector() for request_id in ids}
         with tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm) as progress:
             while pending or self.engine.has_unfinished_requests():
@@ -81,9 +86,9 @@ class LLM:
         """Add pending prompts while fewer than twice max_num_seqs requests are in the engine."""
         limit = 2 * self.engine.config.max_num_seqs
         while pending and self.engine.num_unfinished_requests() < limit:
-            request_id, prepare, params = pending.pop()
+            request_id, prepare, params, priority = pending.pop()
             try:
-                self.engine.add_request(request_id, prepare(), params)
+                self.engine.add_request(request_id, prepare(), params, priority=priority)
             except Exception:
                 for other in ids:
                     self.engine.abort_request(other)

@@ -111,12 +111,13 @@ class AsyncLLMEngine:
         return self.engine.stats().kv_cache_usage
 
     async def generate(self, prepared: PreparedInput, params: SamplingParams, request_id: str | None = None,
-                       grammar=None) -> AsyncIterator[RequestOutput]:
+                       grammar=None, priority: int = 0, background: bool = False) -> AsyncIterator[RequestOutput]:
         """Stream one request: one output per step that advanced it, carrying only the new text, token ids and
         logprobs; the last has finished=True. add_request's errors (ValueError) raise before anything is
         yielded; RequestFailedError when the engine fails this request later. Closing the generator early (client
         gone, task cancelled) aborts the request. `grammar`: structured_outputs compiled beforehand
-        (`compile_grammar`), so no compile runs on the engine's thread."""
+        (`compile_grammar`), so no compile runs on the engine's thread. `priority`, `background`: see
+        LLMEngine.add_request."""
         if self.failure or self._dead:
             raise self._dead
         request_id = uuid.uuid4().hex if request_id is None else request_id
@@ -125,7 +126,8 @@ class AsyncLLMEngine:
         # Registered before the add, so the loop cannot produce an output for it that finds no queue.
         queue = self._streams[request_id] = asyncio.Queue()
         try:
-            await self._on_engine_thread(self.engine.add_request, request_id, prepared, params, grammar)
+            await self._on_engine_thread(self.engine.add_request, request_id, prepared, params, grammar, priority,
+                                         background)
             if self._streams.get(request_id) is not queue:  # the loop died during the add
                 await self._on_engine_thread(self.engine.abort_request, request_id)
             self._start_loop()

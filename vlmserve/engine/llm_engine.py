@@ -116,11 +116,17 @@ class LLMEngine:
         self._requests: dict[str, list[Sequence]] = {}  # unfinished requests' sequences, one per completion
         self.output_processor = OutputProcessor(self.tokenizer, self.max_model_len)
 
-    def add_request(self, request_id: str, prepared: PreparedInput, params: SamplingParams, grammar=None) -> None:
+    def add_request(self, request_id: str, prepared: PreparedInput, params: SamplingParams, grammar=None,
+                    priority: int = 0, background: bool = False) -> None:
         """Queue a request. `grammar` is its structured_outputs already compiled (`compile_grammar`, which a
-        server runs off the engine's thread); when None and the request is constrained, it is compiled here."""
+        server runs off the engine's thread); when None and the request is constrained, it is compiled here.
+        `priority` (lower first) needs scheduling_policy "priority"; `background` (batch lines) ranks the request
+        below every other, to be preempted first."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")
+        if priority and self.config.scheduling_policy != "priority":
+            raise ValueError(f"priority ({priority}) needs the priority scheduling policy (--scheduling-policy "
+                             "priority); this engine schedules first come, first served")
         max_tokens = self._check_length(prepared, params)
         if max_tokens != params.max_tokens:
             params = replace(params, max_tokens=max_tokens)
@@ -129,6 +135,7 @@ class LLMEngine:
             grammar = self.structured_output.compile(structured)
         seqs = [self._new_sequence(request_id, prepared, params, index) for index in range(params.n)]
         for seq in seqs:
+            seq.priority, seq.background = priority, background
             if grammar is not None:
                 self.structured_output.add(seq.seq_id, grammar, seq.stop_token_ids)
             self.scheduler.add(seq)

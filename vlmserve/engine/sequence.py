@@ -34,6 +34,8 @@ class Sequence:
     params: SamplingParams
     multimodal: MultiModalInputs | None = None
     index: int = 0  # which of the request's n completions
+    priority: int = 0  # lower runs first (vLLM's convention); 0 unless the engine schedules by priority
+    background: bool = False  # batch work: ranked below every interactive sequence
     stop_token_ids: tuple[int, ...] = ()  # tokens that end this sequence (EOS unless ignore_eos, plus stop_token_ids)
     output_token_ids: list[int] = field(default_factory=list)
     block_table: list[int] = field(default_factory=list)
@@ -67,6 +69,11 @@ class Sequence:
         if start >= split:
             return self.output_token_ids[start - split : end - split]
         return self.prompt_token_ids[start:end] + self.output_token_ids[: max(end - split, 0)]
+
+    @property
+    def rank(self) -> tuple[bool, int, int]:
+        """The scheduler's order: interactive before background, then priority, then arrival."""
+        return self.background, self.priority, self.seq_id
 
     @property
     def is_finished(self) -> bool:

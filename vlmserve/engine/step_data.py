@@ -31,6 +31,14 @@ class ScheduledBatch:
         self.num_new_tokens.append(num_new_tokens)
         self.num_tokens += num_new_tokens
 
+    def remove(self, seq: Sequence) -> None:
+        """Take `seq` out (the scheduler preempted it after scheduling it); no-op if it is not in."""
+        for index, scheduled in enumerate(self.seqs):
+            if scheduled is seq:
+                del self.seqs[index]
+                self.num_tokens -= self.num_new_tokens.pop(index)
+                return
+
 
 @dataclass
 class ImageEncode:
