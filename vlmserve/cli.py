@@ -1,4 +1,4 @@
-"""vlmserve command line: serve | generate | make-tiny | eval | bench | plan."""
+"""vlmserve command line: serve | generate | run-batch | make-tiny | eval | bench | plan."""
 
 import argparse
 import os
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from vlmserve.config import EngineConfig
+from vlmserve.config import SCHEDULING_POLICIES, EngineConfig
 from vlmserve.models.tiny import ensure_demo_model, write_tiny_checkpoint
 from vlmserve.planning import add_plan_parser
 
@@ -59,22 +59,26 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _serving_engine_config(args, model: str, **options) -> EngineConfig:
+    """The EngineConfig of `serve` and `run-batch`: the model and batching options both take, and `options`."""
+    return EngineConfig(
+        model=model, dtype=args.dtype, device=args.device, load_format=args.load_format,
+        transformers_compat=args.transformers_compat, num_kv_blocks=args.num_kv_blocks,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager=args.enforce_eager, **options)
+
+
 def cmd_serve(args) -> NoReturn:
-    from vlmserve.config import EngineConfig
     from vlmserve.server.config import ServerConfig
     from vlmserve.server.image_fetch import ImageFetchConfig
     from vlmserve.server.launch import serve
     from vlmserve.server.pricing import PriceTable, load_pricing
 
     model = _resolve_model(args)
-    engine_config = EngineConfig(
-        model=model, dtype=args.dtype, device=args.device, load_format=args.load_format,
-        transformers_compat=args.transformers_compat, num_kv_blocks=args.num_kv_blocks,
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len, max_image_pixels=args.max_image_pixels,
-        max_request_pixels=args.max_request_pixels,
-        gpu_memory_utilization=args.gpu_memory_utilization, tensor_parallel_size=args.tensor_parallel_size,
-        enforce_eager=args.enforce_eager)
+    engine_config = _serving_engine_config(
+        args, model, max_image_pixels=args.max_image_pixels, max_request_pixels=args.max_request_pixels,
+        gpu_memory_utilization=args.gpu_memory_utilization, scheduling_policy=args.scheduling_policy)
     env_key = os.environ.get("VLMSERVE_API_KEY")
     server_config = ServerConfig(
         served_model_name=args.served_model_name or Path(model).name,
@@ -85,9 +89,40 @@ def cmd_serve(args) -> NoReturn:
         image_fetch=ImageFetchConfig(timeout_s=args.image_fetch_timeout, max_bytes=args.max_image_bytes,
                                      allow_private=args.allow_private_image_urls),
         data_dir=args.data_dir, max_stored_responses=args.max_stored_responses,
-        response_retention_days=args.response_retention_days)
+        response_retention_days=args.response_retention_days, max_batch_file_bytes=args.max_batch_file_bytes,
+        max_batch_lines=args.max_batch_lines)
     serve(engine_config, server_config, host=args.host, port=args.port, log_level=args.log_level,
           shutdown_timeout_s=args.shutdown_timeout)
+
+
+def cmd_run_batch(args) -> int:
+    from vlmserve.server.config import ServerConfig
+    from vlmserve.server.pricing import PriceTable, load_pricing
+    from vlmserve.server.run_batch import run_batch
+
+    model = _resolve_model(args)
+    engine_config = _serving_engine_config(args, model)
+    server_config = ServerConfig(served_model_name=args.served_model_name or Path(model).name,
+                                 pricing=load_pricing(args.pricing) if args.pricing else PriceTable())
+    summary = run_batch(engine_config, server_config, args.input_file, args.output_file,
+                        use_tqdm=not args.no_progress)
+    print(f"[vlmserve] {summary.describe(args.output_file)}", file=sys.stderr)
+    return 0
+
+
+def _add_run_batch_options(run_batch: argparse.ArgumentParser) -> None:
+    run_batch.add_argument("-i", "--input-file", required=True, help="OpenAI batch input (JSONL)")
+    run_batch.add_argument("-o", "--output-file", required=True,
+                           help="where answers are appended, one line each (a rerun skips the custom_ids it holds)")
+    run_batch.add_argument("--served-model-name",
+                           help="the model name lines may carry (default: the model directory's)")
+    run_batch.add_argument("--pricing", help="JSON price table for usage.cost (see README)")
+    run_batch.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs,
+                           help="lines answered at once (default: %(default)s)")
+    run_batch.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens)
+    run_batch.add_argument("--max-model-len", type=int)
+    run_batch.add_argument("--num-kv-blocks", type=int, help="KV-cache blocks (default: sized from memory)")
+    run_batch.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_serve_options(serve: argparse.ArgumentParser) -> None:
@@ -125,12 +160,20 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--image-fetch-timeout", type=float, default=10.0, help="seconds per image URL")
     serve.add_argument("--allow-private-image-urls", action="store_true",
                        help="let image URLs reach loopback and private networks (trusted clients only)")
-    serve.add_argument("--data-dir", help="where /v1/responses stores responses (SQLite) for previous_response_id "
-                                          "(default: none; nothing is stored)")
+    serve.add_argument("--data-dir", help="where /v1/responses stores responses (SQLite) for previous_response_id, "
+                                          "and the Files and Batches APIs keep files and batches (default: none; "
+                                          "nothing is stored, those APIs are off)")
     serve.add_argument("--max-stored-responses", type=int, default=limits.DEFAULT_MAX_RESPONSES,
                        help="the newest this many stored responses are kept (default: %(default)s)")
     serve.add_argument("--response-retention-days", type=float, default=limits.DEFAULT_RETENTION_DAYS,
                        help="stored responses older than this are deleted (default: %(default)s)")
+    serve.add_argument("--max-batch-file-bytes", type=int, default=limits.DEFAULT_MAX_BATCH_FILE_BYTES,
+                       help="largest file /v1/files takes (default: %(default)s, OpenAI's)")
+    serve.add_argument("--max-batch-lines", type=int, default=limits.DEFAULT_MAX_BATCH_LINES,
+                       help="most requests in one batch input file (default: %(default)s, OpenAI's)")
+    serve.add_argument("--scheduling-policy", default=EngineConfig.scheduling_policy, choices=SCHEDULING_POLICIES,
+                       help="fcfs, or priority: requests' `priority` (lower first) orders the queue and may preempt; "
+                            "batch lines always run below interactive requests (default: %(default)s)")
     serve.add_argument("--shutdown-timeout", type=float, default=limits.DEFAULT_SHUTDOWN_TIMEOUT_S,
                        help="seconds SIGTERM/Ctrl-C waits for requests in flight before cancelling them")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -325,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=1.0)
     generate.add_argument("--seed", type=int)
     generate.set_defaults(func=cmd_generate)
+
+    run_batch = commands.add_parser("run-batch", help="answer an OpenAI batch file offline (resumable)")
+    _add_model_options(run_batch)
+    _add_parallel_options(run_batch)
+    _add_run_batch_options(run_batch)
+    run_batch.set_defaults(func=cmd_run_batch)
 
     tiny = commands.add_parser("make-tiny", help="write the tiny random-weight demo checkpoint")
     tiny.add_argument("directory")

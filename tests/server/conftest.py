@@ -35,5 +35,7 @@ def serve(engine):
                 app.state.client.close()
                 if app.state.responses is not None:
                     app.state.responses.close()
+                if app.state.batches is not None:
+                    app.state.batches.db.close()
         return asyncio.run(main())
     return run

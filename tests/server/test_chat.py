@@ -140,3 +140,14 @@ def test_detail_low_is_one_tile_and_usage_says_so(serve, demo_llm):
     prepared = [demo_llm.engine.process_chat(ask(detail)["messages"]) for detail in ("high", "low")]
     hashes = [p.multimodal.content_hashes for p in prepared]
     assert hashes[0] != hashes[1]  # the one-tile encoding is cached apart from the full one
+
+
+def test_priority_is_refused_by_name_when_the_server_schedules_first_come_first_served(serve):
+    async def run(client):
+        body = {**GREEDY, "messages": [{"role": "user", "content": "Hi"}]}
+        return [await client.post("/v1/chat/completions", json={**body, "priority": priority}) for priority in (0, 3)]
+
+    default, urgent = serve(run)
+    assert default.status_code == 200
+    assert urgent.status_code == 400 and urgent.json()["error"]["param"] == "priority"
+    assert "--scheduling-policy priority" in urgent.json()["error"]["message"]

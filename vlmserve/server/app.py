@@ -34,6 +34,7 @@ from vlmserve.server.protocol import (
 )
 from vlmserve.server.response_store import ResponseStore
 from vlmserve.server.responses_protocol import DeletedResponse, ResponseObject, ResponsesRequest
+from vlmserve.server.serving_batches import UPLOAD_OVERHEAD, Batches, add_batch_routes
 from vlmserve.server.serving_chat import create_chat_completion
 from vlmserve.server.serving_responses import create_response, delete_response, retrieve_response
 from vlmserve.server.serving_completions import create_completion
@@ -51,10 +52,15 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if app.state.batches is not None:
+            await app.state.batches.runner.start()
         try:
             yield
         finally:
             logger.info("requests drained; stopping the engine")
+            if app.state.batches is not None:
+                await app.state.batches.runner.stop()  # lines in flight resume on the next start
+                app.state.batches.db.close()
             await engine.shutdown()
             await fetcher.aclose()
             app.state.client.close()
@@ -67,8 +73,10 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
     app.state.fetcher = fetcher
     app.state.responses = None if config.data_dir is None else ResponseStore(
         config.data_dir, config.max_stored_responses, config.response_retention_days * 86400)
+    app.state.batches = None if config.data_dir is None else Batches.open(app, config.data_dir, client)
     install_error_handlers(app)
-    app.add_middleware(LimitBodySize, max_bytes=config.max_request_bytes(client.max_prompt_chars))
+    app.add_middleware(LimitBodySize, max_bytes=config.max_request_bytes(client.max_prompt_chars),
+                       upload_bytes=config.max_batch_file_bytes + UPLOAD_OVERHEAD)
     app.add_middleware(AnswerErrors)
     app.add_middleware(CountRequests, metrics=metrics)  # outermost: counts what AnswerErrors answered too
     _add_routes(app, metrics)
@@ -112,6 +120,8 @@ def _add_routes(app: FastAPI, metrics: Metrics) -> None:
             response_model=ResponseObject)(retrieve_response)
     app.delete("/v1/responses/{response_id}", dependencies=guarded, responses=ERRORS,
                response_model=DeletedResponse)(delete_response)
+
+    add_batch_routes(app, ERRORS)
 
     app.post("/tokenize", dependencies=guarded, responses=ERRORS, response_model=TokenizeResponse)(tokenize)
     app.post("/detokenize", dependencies=guarded, responses=ERRORS, response_model=DetokenizeResponse)(detokenize)

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from vlmserve.server.errors import APIError
 
 ANONYMOUS = "anonymous"
+BATCH_OWNER = "vlmserve.batch_owner"  # ASGI scope key: a batch line's owner (asgi_call), never set over HTTP
 _bearer = HTTPBearer(auto_error=False, description="one of the keys given with --api-key or VLMSERVE_API_KEY")
 
 
@@ -23,7 +24,10 @@ def key_label(key: str) -> str:
 
 async def authenticate(request: Request,
                        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
-    """The caller's key label (ANONYMOUS when the server has no keys); 401 without a valid key."""
+    """The caller's key label (ANONYMOUS when the server has no keys; a batch line: its batch's owner); 401
+    without a valid key."""
+    if BATCH_OWNER in request.scope:
+        return request.scope[BATCH_OWNER]
     keys: tuple[str, ...] = request.app.state.client.config.api_keys
     if not keys:
         return ANONYMOUS

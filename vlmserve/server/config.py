@@ -19,6 +19,9 @@ DEFAULT_MAX_QUEUE = 256
 # averages ~4 characters per Llama 3 token, code ~3, and tokenizing is the one step whose cost grows with it.
 PROMPT_CHARS_PER_TOKEN = 8
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
+# OpenAI's limits on a batch input file.
+DEFAULT_MAX_BATCH_FILE_BYTES = 200 * 1000 * 1000
+DEFAULT_MAX_BATCH_LINES = 50_000
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,9 @@ class ServerConfig:
     `max_queue` counts sequences (a request with n completions counts n) admitted beyond the engine's
     `max_num_seqs` running slots: one more gets 429. `max_prompt_chars` None: PROMPT_CHARS_PER_TOKEN per token of
     the context. `data_dir`: where stored responses live (None: the Responses API stores nothing), kept for
-    `response_retention_days`, the newest `max_stored_responses` of them.
+    `response_retention_days`, the newest `max_stored_responses` of them, and the Files and Batches APIs' files
+    and batches (None: those APIs are off), a batch input file being at most `max_batch_file_bytes` and
+    `max_batch_lines` requests.
     """
 
     served_model_name: str
@@ -43,6 +48,8 @@ class ServerConfig:
     data_dir: str | None = None
     max_stored_responses: int = DEFAULT_MAX_RESPONSES
     response_retention_days: float = DEFAULT_RETENTION_DAYS
+    max_batch_file_bytes: int = DEFAULT_MAX_BATCH_FILE_BYTES
+    max_batch_lines: int = DEFAULT_MAX_BATCH_LINES
 
     def __post_init__(self):
         if not self.served_model_name:
@@ -53,7 +60,8 @@ class ServerConfig:
             raise ValueError(f"max_prompt_chars must be >= 1 or None, got {self.max_prompt_chars}")
         if self.response_retention_days <= 0:
             raise ValueError(f"response_retention_days must be > 0, got {self.response_retention_days}")
-        for name in ("max_output_tokens", "max_image_bytes", "max_stored_responses"):
+        for name in ("max_output_tokens", "max_image_bytes", "max_stored_responses", "max_batch_file_bytes",
+                     "max_batch_lines"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_images_per_request", "max_queue"):

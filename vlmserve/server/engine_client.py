@@ -20,6 +20,7 @@ from vlmserve.engine.async_engine import AsyncLLMEngine
 from vlmserve.engine.input_processor import PreparedInput
 from vlmserve.engine.outputs import CompletionOutput, OutputCollector, RequestOutput
 from vlmserve.sampling_params import SamplingParams, StructuredOutputsParams
+from vlmserve.server.auth import BATCH_OWNER
 from vlmserve.server.config import PROMPT_CHARS_PER_TOKEN, ServerConfig
 from vlmserve.server.errors import APIError, ClientDisconnected
 from vlmserve.server.metrics import Metrics
@@ -77,11 +78,14 @@ class EngineClient:
             raise APIError(404, f"model {model!r} does not exist; this server serves "
                                 f"{self.config.served_model_name!r}", "model")
 
-    def admit(self, key: str, num_seqs: int = 1) -> Slot:
-        """Places for a request's `num_seqs` sequences: max_num_seqs running plus max_queue waiting, else 429."""
+    def admit(self, key: str, num_seqs: int = 1, background: bool = False) -> Slot:
+        """Places for a request's `num_seqs` sequences: max_num_seqs running plus max_queue waiting, else 429.
+        Batch lines (`background`) take none: the batch runner bounds how many run, below interactive ones."""
         limit = self.engine.config.max_num_seqs + self.config.max_queue
         if num_seqs > limit:
             raise APIError(400, f"n ({num_seqs}) is more than this server can ever run at once ({limit})", "n")
+        if background:
+            return Slot(self, key, 0)
         if self.num_active + num_seqs > limit:
             raise APIError(429, f"the server is at capacity ({limit} sequences admitted); retry shortly",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -112,7 +116,8 @@ class EngineClient:
         self.check_model(body.model)
         reject_unsupported(body)
         self.check_prompt_size(body)
-        slot = self.admit(key, body.n)
+        background = BATCH_OWNER in request.scope
+        slot = self.admit(key, body.n, background)
         try:
             prepared = await prepare()
             params = sampling_params(body, len(prepared.prompt_token_ids), self.engine.max_model_len,
@@ -122,7 +127,7 @@ class EngineClient:
         except BaseException:
             slot.release()
             raise
-        outputs = self.generate(prepared, params, slot, grammar)
+        outputs = self.generate(prepared, params, slot, grammar, body.priority, background)
         first = await until_disconnected(request, slot, outputs, anext(outputs))
         return Started(params, with_first(first, outputs), slot)
 
@@ -143,12 +148,13 @@ class EngineClient:
                      num_image_tiles=prompt.num_image_tiles,
                      cost=price.cost(prompt_tokens, completion_tokens, num_images))
 
-    async def generate(self, prepared: PreparedInput, params: SamplingParams, slot: Slot, grammar=None
-                       ) -> AsyncIterator[RequestOutput]:
+    async def generate(self, prepared: PreparedInput, params: SamplingParams, slot: Slot, grammar=None,
+                       priority: int = 0, background: bool = False) -> AsyncIterator[RequestOutput]:
         """The engine's deltas, metered; releases `slot` when done. Closing it aborts the request."""
         request_id, num_generated, started, finished = uuid.uuid4().hex, 0, False, False
         try:
-            async with aclosing(self.engine.generate(prepared, params, request_id, grammar)) as outputs:
+            async with aclosing(self.engine.generate(prepared, params, request_id, grammar, priority,
+                                                     background)) as outputs:
                 async for output in outputs:
                     new = sum(len(c.token_ids) for c in output.outputs)
                     if new and not num_generated:
@@ -195,11 +201,12 @@ async def until_disconnected(request: Request, slot: Slot, outputs: AsyncIterato
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
             raise ClientDisconnected()
         return task.result()
     except BaseException:
+        if not task.done():  # the client left, or this request was cancelled (a batch line, a shutdown)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         slot.release()
         await outputs.aclose()
         raise

@@ -10,6 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vlmserve.server.errors import as_api_error, error_response
 from vlmserve.server.metrics import Metrics
 
+UPLOAD_PATH = "/v1/files"
+REQUEST_LIMITS = "--max-images-per-request, --max-image-bytes and --max-prompt-chars"
 UNMATCHED = "unmatched"  # unknown paths share one label, so scanners cannot grow the metric without bound
 
 
@@ -63,24 +65,28 @@ class AnswerErrors:
 
 
 class BodyTooLarge(HTTPException):
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, limits: str):
         super().__init__(413, f"the request body is larger than this server takes ({max_bytes} bytes; see "
-                              "--max-images-per-request, --max-image-bytes and --max-prompt-chars)")
+                              f"{limits})")
 
 
 class LimitBodySize:
     """413 for a body over the limit: a declared Content-Length before anything is read, a chunked body as soon
-    as what has arrived passes the limit (the route's body parsing gets the 413 and stops reading)."""
+    as what has arrived passes the limit (the route's body parsing gets the 413 and stops reading). File uploads
+    (POST /v1/files) have a limit of their own, `upload_bytes`."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int):
+        self.app, self.max_bytes, self.upload_bytes = app, max_bytes, upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        upload = scope["path"] == UPLOAD_PATH
+        max_bytes = self.upload_bytes if upload else self.max_bytes
+        limits = "--max-batch-file-bytes" if upload else REQUEST_LIMITS
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise BodyTooLarge(self.max_bytes)  # answered by AnswerErrors, outside this middleware
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise BodyTooLarge(max_bytes, limits)  # answered by AnswerErrors, outside this middleware
         received = 0
 
         async def receive_counted() -> Message:
@@ -88,8 +94,8 @@ class LimitBodySize:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise BodyTooLarge(max_bytes, limits)
             return message
 
         return await self.app(scope, receive_counted, send)

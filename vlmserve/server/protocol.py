@@ -220,6 +220,7 @@ class SamplingRequest(HarmlessMetadata):
     guided_choice: Annotated[list[Text], Field(min_length=1)] | None = None
     guided_grammar: NonEmptyText | None = None
     store: bool | None = Field(None, description="accepted; nothing is stored")
+    priority: Int64 = Field(0, description="vLLM extra: lower runs first; needs --scheduling-policy priority")
     # Unsupported: only the values that change nothing.
     logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = None
 

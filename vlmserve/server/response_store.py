@@ -8,11 +8,11 @@ whenever one is saved. Calls block on disk: the server runs them on its preparat
 """
 
 import json
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from vlmserve.server.sqlite_db import Database
 
 DEFAULT_MAX_RESPONSES = 10_000
 DEFAULT_RETENTION_DAYS = 30.0  # how long OpenAI keeps stored responses
@@ -34,34 +34,28 @@ class ResponseStore:
         if max_responses < 1 or max_age_s <= 0:
             raise ValueError(f"the response store keeps at least one response for some time; got max_responses="
                              f"{max_responses}, max_age_s={max_age_s}")
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
-        self.path = Path(data_dir) / FILE_NAME
         self.max_responses, self.max_age_s = max_responses, max_age_s
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db = Database(data_dir, FILE_NAME, _SCHEMA)
+        self.path = self._db.path
 
     def save(self, response_id: str, conversation: list[dict], response: dict) -> None:
         now = time.time()
-        with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
-                             (response_id, now, json.dumps(conversation), json.dumps(response)))
-            self._db.execute("DELETE FROM responses WHERE created_at < ?", (now - self.max_age_s,))
-            self._db.execute("DELETE FROM responses WHERE id NOT IN (SELECT id FROM responses ORDER BY created_at "
-                             "DESC LIMIT ?)", (self.max_responses,))
+        with self._db.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
+                       (response_id, now, json.dumps(conversation), json.dumps(response)))
+            db.execute("DELETE FROM responses WHERE created_at < ?", (now - self.max_age_s,))
+            db.execute("DELETE FROM responses WHERE id NOT IN (SELECT id FROM responses ORDER BY created_at "
+                       "DESC LIMIT ?)", (self.max_responses,))
 
     def load(self, response_id: str) -> StoredResponse | None:
         """The record, or None if it was never stored, was deleted or is past retention."""
-        with self._lock:
-            row = self._db.execute("SELECT conversation, response FROM responses WHERE id = ? AND created_at >= ?",
-                                   (response_id, time.time() - self.max_age_s)).fetchone()
-        return None if row is None else StoredResponse(json.loads(row[0]), json.loads(row[1]))
+        rows = self._db.rows("SELECT conversation, response FROM responses WHERE id = ? AND created_at >= ?",
+                             (response_id, time.time() - self.max_age_s))
+        return StoredResponse(json.loads(rows[0][0]), json.loads(rows[0][1])) if rows else None
 
     def delete(self, response_id: str) -> bool:
-        with self._lock, self._db:
-            return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+        with self._db.transaction() as db:
+            return db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()

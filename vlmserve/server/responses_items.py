@@ -100,7 +100,7 @@ def chat_request(body: ResponsesRequest, messages: list[dict]) -> ChatCompletion
     """The chat request that asks what `body` asks."""
     fields = {"model": body.model, "messages": messages, "max_completion_tokens": body.max_output_tokens,
               "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
-              "parallel_tool_calls": body.parallel_tool_calls}
+              "parallel_tool_calls": body.parallel_tool_calls, "priority": body.priority}
     text_format = None if body.text is None else body.text.format
     if isinstance(text_format, TextFormatJSONSchema):
         fields["response_format"] = {"type": "json_schema",

@@ -154,6 +154,7 @@ class ResponsesRequest(HarmlessMetadata):
     stream_options: StreamOptions | None = None
     store: bool | None = Field(None, description="default true: kept when the server has --data-dir")
     truncation: Literal["disabled"] | None = Field(None, description="'auto' (dropping input) is not supported")
+    priority: Int64 = Field(0, description="vLLM extra: lower runs first; needs --scheduling-policy priority")
     # Unsupported: only the values that change nothing.
     include: Annotated[list[Any], Field(max_length=0)] | None = None
     reasoning: None = None
