@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.helpers import png_data_url
-from tests.server.helpers import MODEL, LiveServer
+from tests.server.helpers import MODEL, LiveServer, metric
 
 KEY, OTHER_KEY = "key-a", "key-b"
 MAX_LINES, MAX_FILE_BYTES = 30, 200_000
@@ -92,6 +92,15 @@ def test_a_batch_with_images_and_bad_lines_completes_with_every_line_answered_on
     assert usage["num_images"] == 1 and usage["cost"] == pytest.approx(sum(a["usage"]["cost"] for a in answers))
     assert batch.usage.output_tokens == sum(a["usage"]["completion_tokens"] for a in answers) == 8
     assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
+
+
+def test_lines_asking_about_one_image_share_the_encoder_cache(server):
+    client, image = client_of(server), png_data_url(color=(10, 200, 90))
+    question = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "What is this?"}]
+    encoded = metric(server, "vlmserve_images_encoded_total", KEY)
+    batch = ended(client, start(client, [chat_line(f"same-{i}", question) for i in range(3)]).id)
+    assert batch.request_counts.completed == 3 and batch.usage.model_extra["num_images"] == 3
+    assert metric(server, "vlmserve_images_encoded_total", KEY) - encoded == 1
 
 
 @pytest.mark.parametrize("endpoint, body", [
@@ -225,8 +234,12 @@ def test_a_batch_survives_the_server_stopping_and_being_killed_mid_run(demo_mode
     live = LiveServer(demo_model_dir, *restart)
     try:
         batch_id = start(client_of(live), lines).id
+        lost = start(client_of(live), long_lines(3))
         assert stop_mid_batch(live, batch_id, 2, kill=False) < 10
+        (tmp_path / "files" / lost.input_file_id).unlink()  # the disk lost this one's input while it was down
         live = LiveServer(demo_model_dir, *restart)
+        failed = ended(client_of(live), lost.id)
+        assert failed.status == "failed" and failed.errors.data[0].code == "input_file_missing"
         assert stop_mid_batch(live, batch_id, 5, kill=True) < 10
         live = LiveServer(demo_model_dir, *restart)
         client = client_of(live)

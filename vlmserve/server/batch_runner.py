@@ -5,8 +5,9 @@ first. At most `concurrency` lines of all batches are in flight at once. Each an
 completes (BatchStore); a batch whose lines are all answered is finalized: its output and error files written
 (with ids fixed by the batch's, so finalizing again after a crash rewrites the same files), then its end state.
 
-A batch ends `completed`, `cancelled` (cancel() stops its lines; their answers so far are kept) or `expired` (past
-its completion window: the lines not answered go to the error file as `batch_expired`). Stopping the runner (the
+A batch ends `completed`, `failed` (its input file expired before it ran), `cancelled` (cancel() stops its
+lines; their answers so far are kept) or `expired` (past its completion window: the lines not answered go to the
+error file as `batch_expired`). Stopping the runner (the
 server shuts down) abandons the lines in flight unrecorded; `start()` on the next run takes every unfinished
 batch up again where it stopped. A line answered 503 (the engine stopped) is not recorded either.
 """
@@ -35,6 +36,10 @@ Prepare = Callable[..., Awaitable]
 
 class EngineStopped(Exception):
     """A line was answered 503: the engine is not running, the batch waits for the next start."""
+
+
+class InputGone(Exception):
+    """The batch's input file is gone from disk (it expired): the batch fails."""
 
 
 class BatchRunner:
@@ -70,6 +75,9 @@ class BatchRunner:
         try:
             end = await self._until_answered(batch_id)
             await asyncio.shield(self._finalize(batch_id, end))  # a cancel() arriving now is too late to matter
+        except InputGone as gone:
+            await self._set(batch_id, status="failed", failed_at=_now(), errors={"object": "list", "data": [
+                {"code": "input_file_missing", "message": str(gone), "param": "input_file_id", "line": None}]})
         except EngineStopped:
             logger.warning("batch %s paused: the engine stopped; it resumes when the server starts again", batch_id)
         except Exception:  # noqa: BLE001 - the batch stays unfinished, to be taken up by the next start
@@ -95,7 +103,10 @@ class BatchRunner:
     async def _answer_lines(self, batch: dict) -> str:
         owner = await self.prepare(self.batches.owner, batch["id"])
         answered = await self.prepare(self.batches.answered_lines, batch["id"])
-        lines = read_lines(self.files.path(batch["input_file_id"]), batch["endpoint"])
+        path = self.files.path(batch["input_file_id"])
+        if not await self.prepare(path.exists):
+            raise InputGone(f"the input file {batch['input_file_id']} is gone (it expired) before the batch ran")
+        lines = read_lines(path, batch["endpoint"])
         in_flight: set[asyncio.Task] = set()
         try:
             async with asyncio.timeout(max(batch["expires_at"] - time.time(), 0)):
