@@ -1,12 +1,17 @@
 """Tiny random Mllama checkpoints built with transformers (the reference) and saved in Hugging Face layout."""
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import MllamaConfig, MllamaForConditionalGeneration
+
+# Engines in tests (and the servers they start) compute with a fixed thread count, so that another test's load
+# cannot change it between two runs that must agree token for token; test_cpu_threads checks the adaptive count.
+os.environ.setdefault("VLMSERVE_CPU_THREADS", str(len(os.sched_getaffinity(0))))
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32, "rope_theta": 500000.0}

@@ -30,6 +30,9 @@ def _add_parallel_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=EngineConfig.tensor_parallel_size,
                         help="split the model over N processes, one device each (spawned here, or started by "
                              "torchrun: see README; default: %(default)s)")
+    parser.add_argument("--cpu-threads", type=int,
+                        help="torch's compute threads on the CPU (default: $VLMSERVE_CPU_THREADS, else every core "
+                             "other processes leave free, followed as their load changes)")
 
 
 def _resolve_model(args) -> str:
@@ -46,7 +49,7 @@ def cmd_generate(args) -> int:
 
     llm = LLM(_resolve_model(args), dtype=args.dtype, device=args.device, load_format=args.load_format,
               transformers_compat=args.transformers_compat, tensor_parallel_size=args.tensor_parallel_size,
-              enforce_eager=args.enforce_eager)
+              enforce_eager=args.enforce_eager, cpu_threads=args.cpu_threads)
     content = [{"type": "image_url", "image_url": {"url": path}} for path in args.image]
     content.append({"type": "text", "text": args.prompt})
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -66,7 +69,7 @@ def _serving_engine_config(args, model: str, **options) -> EngineConfig:
         transformers_compat=args.transformers_compat, num_kv_blocks=args.num_kv_blocks,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size,
-        enforce_eager=args.enforce_eager, **options)
+        enforce_eager=args.enforce_eager, cpu_threads=args.cpu_threads, **options)
 
 
 def cmd_serve(args) -> NoReturn:

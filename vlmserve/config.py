@@ -27,6 +27,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1  # ranks the model is split over, one device each
     enforce_eager: bool = False  # no CUDA graphs: decode steps run eagerly too (vLLM's name)
+    cpu_threads: int | None = None  # torch's compute threads on the CPU; None: $VLMSERVE_CPU_THREADS, else adapt
     scheduling_policy: str = "fcfs"  # or "priority": requests' priority (lower first) orders the queue (vLLM's)
 
     def __post_init__(self):
@@ -35,7 +36,7 @@ class EngineConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_kv_blocks", "max_model_len"):
+        for name in ("num_kv_blocks", "max_model_len", "cpu_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")

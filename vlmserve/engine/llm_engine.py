@@ -9,6 +9,7 @@ import torch
 from vlmserve.config import EngineConfig
 from vlmserve.distributed import launch
 from vlmserve.engine.block_manager import BlockManager
+from vlmserve.engine.cpu_threads import CpuThreads
 from vlmserve.engine.cuda_graphs import graphs_wanted
 from vlmserve.engine.executor import (Executor, check_tensor_parallel, load_shard, resolve_device, run_worker,
                                       spawned_worker)
@@ -88,6 +89,7 @@ class LLMEngine:
         size the KV pool, and set up the tokenizer, scheduler and runner."""
         self.config = config
         self.device = ranks.device
+        self.cpu_threads = CpuThreads(config.cpu_threads) if self.device.type == "cpu" else None
         loaded, num_blocks = load_shard(config, ranks)
         self.executor = Executor(ranks) if ranks.size > 1 else None
         self.model_config = loaded.config
@@ -252,6 +254,8 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
+        if self.cpu_threads is not None:
+            self.cpu_threads.adjust()
         result = self.runner.run(batch)
         self.scheduler.update(batch)
         failed = list(result.failed)
