@@ -93,6 +93,7 @@ def test_expert_outside_the_config_is_named(checkpoint_copy):
 def test_dummy_weights_need_only_the_config(tmp_path):
     (tmp_path / "config.json").write_text(build_hf_config("interleaved").to_json_string())
     model = load_model(tmp_path, load_format="dummy", dtype="bfloat16").model
-    assert all(p.abs().max() > 0 for p in model.parameters())
+    drawn = {name: p for name, p in model.named_parameters() if not ("norm" in name and name.endswith(".bias"))}
+    assert all(p.abs().max() > 0 for p in drawn.values())  # norm biases start at 0, as trained ones may
     angles = model.vision_model.rotary_embedding.angles
     assert angles.dtype == torch.float32 and angles[-1].abs().max() == 0  # RoPE angles exact; class token: 0

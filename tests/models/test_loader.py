@@ -70,7 +70,8 @@ def test_dummy_load_needs_only_config(checkpoint_copy, tmp_path):
     only_config.mkdir()
     shutil.copy(checkpoint_copy[0] / "config.json", only_config)
     model = load_model(only_config, load_format="dummy", dtype="float32").model
-    assert all(p.abs().max() > 0 for p in model.parameters())
+    drawn = {name: p for name, p in model.named_parameters() if not ("norm" in name and name.endswith(".bias"))}
+    assert all(p.abs().max() > 0 for p in drawn.values())  # norm biases start at 0, as trained ones may
 
 
 def test_real_configs_build_with_published_parameter_counts():

@@ -8,6 +8,7 @@ passes or raises with the offending name: a half-loaded model is never returned.
 """
 
 import json
+import math
 import os
 import re
 import zlib
@@ -27,6 +28,7 @@ from vlmserve.distributed.sharding import (
     validate_tp,
 )
 from vlmserve.families import resolve_model_family
+from vlmserve.layers.embed_head import VocabParallelEmbedding
 from vlmserve.models.config_common import ConfigError
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -187,13 +189,32 @@ def _missing_parts(name: str, param: nn.Parameter, loaded: set[str]) -> list[str
 
 
 def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
-    """Random weights of this rank's shapes (benchmarks): small uniform values keep activations finite. Each
-    parameter draws from its own seed, so replicated parameters agree across tensor-parallel ranks."""
+    """Random weights of this rank's shapes (benchmarks, comparisons), drawn on the model's own device and scaled
+    as trained weights keep activations: matrices N(0, 1/fan_in), embeddings N(0, 1), norms 1 (biases 0), every
+    other vector (biases, tanh gates, class embeddings) N(0, 1). Tiny uniform weights made the next token depend
+    on the last one alone, so a comparison (against transformers, graphs against eager) could not see a bug in
+    attention over the context. Each parameter draws from its own seed, so replicated parameters agree across
+    tensor-parallel ranks."""
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            generator = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
-            values = torch.empty(param.shape, dtype=torch.float32).uniform_(-1e-2, 1e-2, generator=generator)
-            param.copy_(values)
+        for module_name, module in model.named_modules():
+            for name, param in module.named_parameters(recurse=False):
+                full_name = f"{module_name}.{name}" if module_name else name
+                generator = torch.Generator(device=param.device).manual_seed(seed + zlib.crc32(full_name.encode()))
+                _draw(module, name, param, generator)
+
+
+def _draw(module: nn.Module, name: str, param: nn.Parameter, generator: torch.Generator) -> None:
+    if type(module).__name__.endswith("Norm"):
+        param.fill_(1.0 if name == "weight" else 0.0)
+    elif param.ndim < 2 or isinstance(module, (nn.Embedding, VocabParallelEmbedding)):
+        param.normal_(0.0, 1.0, generator=generator)
+    else:
+        param.normal_(0.0, _fan_in(param) ** -0.5, generator=generator)
+
+
+def _fan_in(param: nn.Parameter) -> int:
+    """Inputs per output: [out, in, ...] for linear and conv weights; experts are stored for x @ W, [E, in, out]."""
+    return param.shape[1] if param.ndim == 3 else math.prod(param.shape[1:])
 
 
 def load_model(
