@@ -101,14 +101,18 @@ def cmd_serve(args) -> NoReturn:
 def cmd_run_batch(args) -> int:
     from vlmserve.server.config import ServerConfig
     from vlmserve.server.pricing import PriceTable, load_pricing
-    from vlmserve.server.run_batch import run_batch
+    from vlmserve.server.run_batch import BatchInterrupted, run_batch
 
     model = _resolve_model(args)
     engine_config = _serving_engine_config(args, model)
     server_config = ServerConfig(served_model_name=args.served_model_name or Path(model).name,
                                  pricing=load_pricing(args.pricing) if args.pricing else PriceTable())
-    summary = run_batch(engine_config, server_config, args.input_file, args.output_file,
-                        use_tqdm=not args.no_progress)
+    try:
+        summary = run_batch(engine_config, server_config, args.input_file, args.output_file,
+                            use_tqdm=not args.no_progress)
+    except BatchInterrupted as stopped:
+        print(f"vlmserve: error: {stopped}", file=sys.stderr)
+        return 1
     print(f"[vlmserve] {summary.describe(args.output_file)}", file=sys.stderr)
     return 0
 

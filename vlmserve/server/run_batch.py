@@ -4,7 +4,7 @@ Each line goes through the same app the server runs, in process (batch_runner.an
 answer is the server's answer to the same request: chat, completions and responses lines, their errors, usage and
 cost. Every answered line, succeeded or not, is appended to the output file (as vLLM's run_batch writes it) and
 flushed to disk at once; a rerun skips the custom_ids the output already holds, after cutting off a last line a
-crash left half written.
+crash left half written. A line answered 503 (the engine stopped) is not written: the run ends with an error.
 """
 
 import asyncio
@@ -24,6 +24,10 @@ from vlmserve.server.batch_input import BatchLine, check_input, read_lines
 from vlmserve.server.batch_runner import answer_line
 from vlmserve.server.batch_store import LineResult
 from vlmserve.server.config import ServerConfig
+
+
+class BatchInterrupted(RuntimeError):
+    """The engine stopped mid-run; what was answered is in the output, and a rerun goes on from there."""
 
 
 @dataclass
@@ -74,6 +78,9 @@ async def _run(engine_config: EngineConfig, server_config: ServerConfig, input_p
             async def answer(line: BatchLine) -> None:
                 async with slots:
                     result = await answer_line(app, line)
+                if result.output["response"]["status_code"] == 503:  # not the line's answer: resumed by a rerun
+                    raise BatchInterrupted(f"the engine stopped at line {line.custom_id!r} "
+                                           f"({result.output['response']['body']}); rerun to go on from there")
                 output.write(json.dumps(result.output).encode() + b"\n")
                 output.flush()
                 os.fsync(output.fileno())
@@ -82,7 +89,13 @@ async def _run(engine_config: EngineConfig, server_config: ServerConfig, input_p
                 rate = summary.output_tokens / max(time.monotonic() - summary.started, 1e-9)
                 bar.set_postfix_str(f"{rate:.1f} tok/s, ${summary.cost:.6f}", refresh=False)
 
-            await asyncio.gather(*(answer(line) for line in lines))
+            tasks = [asyncio.ensure_future(answer(line)) for line in lines]
+            try:
+                await asyncio.gather(*tasks)
+            finally:  # one failed: stop the others before the output file closes
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         await engine.shutdown()
         await app.state.fetcher.aclose()
