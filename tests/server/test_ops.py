@@ -31,6 +31,9 @@ def test_metrics_count_requests_tokens_images_and_cost(serve):
     assert float(samples['vlmserve_cost_usd_total{api_key="anonymous"}']) > 0.0005
     assert float(samples["vlmserve_time_to_first_token_seconds_count"]) == 1
     assert float(samples["vlmserve_e2e_request_latency_seconds_count"]) == 1
+    assert float(samples["vlmserve_inter_token_latency_seconds_count"]) == 2  # 3 tokens, one per step
+    assert float(samples["vlmserve_time_per_output_token_seconds_count"]) == 1
+    assert 0 < float(samples["vlmserve_time_per_output_token_seconds_sum"]) < 60
     for name in ("vlmserve_num_requests_running", "vlmserve_num_requests_waiting", "vlmserve_kv_cache_usage_perc",
                  "vlmserve_prefix_cache_hits_total", "vlmserve_encoder_cache_hits_total"):
         assert name in samples

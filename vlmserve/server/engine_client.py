@@ -152,19 +152,28 @@ class EngineClient:
                        priority: int = 0, background: bool = False) -> AsyncIterator[RequestOutput]:
         """The engine's deltas, metered; releases `slot` when done. Closing it aborts the request."""
         request_id, num_generated, started, finished = uuid.uuid4().hex, 0, False, False
+        first_at = last_at = None  # when its first and latest new tokens came
         try:
             async with aclosing(self.engine.generate(prepared, params, request_id, grammar, priority,
                                                      background)) as outputs:
                 async for output in outputs:
                     new = sum(len(c.token_ids) for c in output.outputs)
-                    if new and not num_generated:
-                        self.metrics.time_to_first_token.observe(time.monotonic() - slot.arrival)
+                    if new:
+                        now = time.monotonic()
+                        if first_at is None:
+                            first_at = now
+                            self.metrics.time_to_first_token.observe(now - slot.arrival)
+                        else:
+                            self.metrics.inter_token_latency.observe(now - last_at)
+                        last_at = now
                     num_generated, started, finished = num_generated + new, True, output.finished
                     yield output
         finally:
             slot.release()
             if started:
                 self._record(prepared, num_generated, slot)
+            if num_generated > 1:
+                self.metrics.time_per_output_token.observe((last_at - first_at) / (num_generated - 1))
             if not finished:
                 await self._abort(request_id)
 

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from vlmserve.engine.llm_engine import EngineStats
 
+TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
 
@@ -29,6 +30,12 @@ class Metrics:
         self.time_to_first_token = Histogram("vlmserve_time_to_first_token_seconds",
                                              "arrival to the first generated token", buckets=LATENCY_BUCKETS,
                                              registry=r)
+        self.inter_token_latency = Histogram(
+            "vlmserve_inter_token_latency_seconds", "gap between a request's successive outputs with new tokens (a "
+            "stream's chunks)", buckets=TOKEN_GAP_BUCKETS, registry=r)
+        self.time_per_output_token = Histogram(
+            "vlmserve_time_per_output_token_seconds", "per request: first to last token over the tokens after the "
+            "first", buckets=TOKEN_GAP_BUCKETS, registry=r)
         self.e2e_latency = Histogram("vlmserve_e2e_request_latency_seconds", "arrival to the last token",
                                      buckets=LATENCY_BUCKETS, registry=r)
         r.register(_EngineCollector(stats))
