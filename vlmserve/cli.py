@@ -95,7 +95,7 @@ def cmd_serve(args) -> NoReturn:
         response_retention_days=args.response_retention_days, max_batch_file_bytes=args.max_batch_file_bytes,
         max_batch_lines=args.max_batch_lines)
     serve(engine_config, server_config, host=args.host, port=args.port, log_level=args.log_level,
-          shutdown_timeout_s=args.shutdown_timeout)
+          shutdown_timeout_s=args.shutdown_timeout, drain_grace_s=args.drain_grace)
 
 
 def cmd_run_batch(args) -> int:
@@ -183,6 +183,9 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
                             "batch lines always run below interactive requests (default: %(default)s)")
     serve.add_argument("--shutdown-timeout", type=float, default=limits.DEFAULT_SHUTDOWN_TIMEOUT_S,
                        help="seconds SIGTERM/Ctrl-C waits for requests in flight before cancelling them")
+    serve.add_argument("--drain-grace", type=float, default=0.0,
+                       help="seconds SIGTERM/Ctrl-C keeps serving with /ready at 503 before the drain starts, so a "
+                            "load balancer stops routing here first (default: %(default)s)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

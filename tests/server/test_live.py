@@ -2,6 +2,7 @@
 disconnects aborting their requests, and SIGTERM draining the requests in flight before exiting 0."""
 
 import os
+import signal
 import threading
 
 import httpx
@@ -109,3 +110,19 @@ def test_private_image_urls_are_refused_without_the_flag(client):
         with pytest.raises(openai.BadRequestError) as refused:
             client.chat.completions.create(model=MODEL, messages=[image_message("x", url)], max_tokens=2)
         assert refused.value.status_code == 400 and "refused" in refused.value.body["message"]
+
+
+def test_sigterm_turns_ready_to_503_and_keeps_serving_through_the_drain_grace(demo_model_dir):
+    live = LiveServer(demo_model_dir, "--drain-grace", "3")
+    try:
+        assert httpx.get(f"{live.url}/ready").json() == {"status": "ready"}
+        live.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: httpx.get(f"{live.url}/ready").status_code == 503)
+        assert httpx.get(f"{live.url}/ready").json() == {"status": "draining"}
+        assert httpx.get(f"{live.url}/health").status_code == 200  # alive: only new routing should stop
+        answer = httpx.post(f"{live.url}/v1/chat/completions", timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+        assert answer.status_code == 200
+        assert live.process.wait(30) == 0
+    finally:
+        live.stop()

@@ -28,6 +28,7 @@ from vlmserve.server.protocol import (
     DetokenizeResponse,
     ErrorResponse,
     Health,
+    Readiness,
     ModelCard,
     ModelList,
     TokenizeResponse,
@@ -71,6 +72,7 @@ def build_app(engine: AsyncLLMEngine, config: ServerConfig) -> FastAPI:
                   lifespan=lifespan)
     client = app.state.client = EngineClient(engine, config, metrics)
     app.state.fetcher = fetcher
+    app.state.draining = False  # set by the first SIGTERM/SIGINT (launch.DrainingServer): /ready answers 503
     app.state.responses = None if config.data_dir is None else ResponseStore(
         config.data_dir, config.max_stored_responses, config.response_retention_days * 86400)
     app.state.batches = None if config.data_dir is None else Batches.open(app, config.data_dir, client)
@@ -95,6 +97,15 @@ def _add_routes(app: FastAPI, metrics: Metrics) -> None:
         if request.app.state.client.engine_dead:
             return JSONResponse({"status": "engine stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    @app.get("/ready", summary="200 while the server takes new requests; 503 once it drains or the engine stopped",
+             response_model=Readiness, responses={503: {"model": Readiness}, 500: {"model": ErrorResponse}})
+    async def ready(request: Request) -> Response:
+        if request.app.state.client.engine_dead:
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        if request.app.state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return JSONResponse({"status": "ready"})
 
     @app.get("/v1/models", dependencies=guarded, responses=ERRORS)
     async def models(request: Request) -> ModelList:

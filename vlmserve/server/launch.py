@@ -3,7 +3,8 @@ the engine dies (a step failed, a tensor-parallel worker exited): then /health a
 DEAD_ENGINE_GRACE_S, the server shuts down and the process exits 1 — within HARD_EXIT_S even when a step is stuck
 in a collective with a dead peer and cannot be drained.
 
-A drain waits at most `shutdown_timeout_s` for the requests in flight (a client that stops reading would hold it
+With `drain_grace_s`, the first SIGTERM/SIGINT first turns /ready to 503 and the server goes on serving for that
+long (DrainingServer), then drains. A drain waits at most `shutdown_timeout_s` for the requests in flight (a client that stops reading would hold it
 forever), then cancels them. Once the engine is stopped the process ends at once, without the interpreter's
 teardown of torch and the model (seconds, for nothing).
 """
@@ -31,7 +32,8 @@ WATCH_INTERVAL_S = 0.2
 
 
 def serve(engine_config: EngineConfig, server_config: ServerConfig, *, host: str, port: int,
-          log_level: str = "info", shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> NoReturn:
+          log_level: str = "info", shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+          drain_grace_s: float = 0.0) -> NoReturn:
     """Serve until stopped, then exit the process: 0 after a drain, 1 when the engine died, 3 when uvicorn could
     not start (e.g. the port is taken)."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(levelname)s:     %(name)s: %(message)s")
@@ -44,13 +46,34 @@ def serve(engine_config: EngineConfig, server_config: ServerConfig, *, host: str
                 "/metrics)" if server_config.api_keys else "none: every client is served")
     logger.info("OpenAI-compatible API at http://%s:%d/v1 (docs at /docs)", host, port)
     _succeed_after_drain()
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                           timeout_graceful_shutdown=shutdown_timeout_s))
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=shutdown_timeout_s), drain_grace_s)
     status = asyncio.run(_serve_until_engine_dies(server, engine))
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose first SIGTERM/SIGINT turns /ready to 503 and keeps serving for `grace_s` before the
+    drain starts, so that load balancers stop routing here first; a second signal starts the drain at once."""
+
+    def __init__(self, config: uvicorn.Config, grace_s: float):
+        super().__init__(config)
+        self.grace_s = grace_s
+
+    def handle_exit(self, sig, frame) -> None:
+        state = self.config.app.state
+        if self.grace_s > 0 and not state.draining:
+            state.draining = True
+            logger.info("signal %d: /ready answers 503; draining in %gs", sig, self.grace_s)
+            timer = threading.Timer(self.grace_s, setattr, (self, "should_exit", True))
+            timer.daemon = True
+            timer.start()
+            return
+        state.draining = True
+        super().handle_exit(sig, frame)
 
 
 async def _serve_until_engine_dies(server: uvicorn.Server, engine: AsyncLLMEngine) -> int:

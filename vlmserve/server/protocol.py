@@ -433,6 +433,10 @@ class Health(BaseModel):
     status: Literal["ok", "engine stopped"]
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "draining", "engine stopped"]
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
