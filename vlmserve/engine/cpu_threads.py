@@ -56,11 +56,12 @@ class CpuThreads:
         if self.fixed:
             return
         now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self.interval_s:
+            return
         sample = (now, _busy_s(self.cpus), _own_busy_s())
-        if self._last is None or now - self._last[0] >= self.interval_s:
-            if self._last is not None:
-                self._follow(self.other_cores(self._last, sample))
-            self._last = sample
+        if self._last is not None:
+            self._follow(self.other_cores(self._last, sample))
+        self._last = sample
 
     @staticmethod
     def other_cores(earlier: tuple[float, float, float], later: tuple[float, float, float]) -> float:
