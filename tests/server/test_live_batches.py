@@ -169,6 +169,13 @@ def test_uploads_and_batch_fields_out_of_bounds_are_refused_by_name(server):
     assert too_big.value.status_code == 413
     with pytest.raises(openai.BadRequestError, match="purpose must be 'batch'"):
         client.files.create(file=("a.jsonl", b"{}"), purpose="fine-tune")
+    kept = client.files.create(file=("a.jsonl", b"{}"), purpose="batch",
+                               expires_after={"anchor": "created_at", "seconds": 3600})
+    assert kept.expires_at == kept.created_at + 3600
+    with pytest.raises(openai.BadRequestError, match="seconds from 3600 to 2592000") as short:
+        client.files.create(file=("a.jsonl", b"{}"), purpose="batch", expires_after={"anchor": "created_at",
+                                                                                      "seconds": 60})
+    assert short.value.body["param"] == "expires_after"
     file_id = upload(client, [chat_line("a", "Hi")])
     for fields, param in (({"endpoint": "/v1/embeddings"}, "endpoint"), ({"completion_window": "soon"},
                                                                          "completion_window")):

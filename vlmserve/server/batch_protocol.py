@@ -12,11 +12,12 @@ from vlmserve.server.request_types import Integer, Text
 MAX_LIST = 100  # OpenAI's largest page
 WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smh])$")
 SECONDS = {"s": 1, "m": 60, "h": 3600}
+EXPIRES_AFTER_S = (3600, 2592000)  # a file's lifetime: 1 hour to 30 days, as OpenAI's
 
 
 class ExpiresAfter(Strict):
     anchor: Literal["created_at"]
-    seconds: Integer = Field(ge=3600, le=2592000, description="1 hour to 30 days, as OpenAI")
+    seconds: Integer = Field(ge=EXPIRES_AFTER_S[0], le=EXPIRES_AFTER_S[1])
 
 
 class CreateBatchRequest(Strict):

@@ -47,6 +47,7 @@ class BatchRunner:
         self.app, self.batches, self.files, self.prepare = app, batches, files, prepare
         self._slots = asyncio.Semaphore(concurrency)  # lines in flight, all batches together
         self._tasks: dict[str, asyncio.Task] = {}
+        self._cancelled: set[str] = set()  # batches cancel() was called for
 
     async def start(self) -> None:
         """Take up every batch a previous run left unfinished."""
@@ -58,7 +59,11 @@ class BatchRunner:
         task.add_done_callback(lambda _: self._tasks.pop(batch_id, None))
 
     def cancel(self, batch_id: str) -> None:
-        """Stop a batch whose status is already `cancelling`: its lines are abandoned, then it is finalized."""
+        """Stop a batch whose status is already `cancelling`: its lines are abandoned, then it is finalized. Once
+        per batch: a second cancellation would interrupt the first one's finalizing."""
+        if batch_id in self._cancelled:
+            return
+        self._cancelled.add(batch_id)
         task = self._tasks.get(batch_id)
         if task is None:
             self.submit(batch_id)

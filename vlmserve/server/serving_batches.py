@@ -17,10 +17,12 @@ from starlette.datastructures import UploadFile
 from vlmserve.server.auth import authenticate
 from vlmserve.server.batch_input import BatchInputError, check_input
 from vlmserve.server.batch_protocol import (
+    EXPIRES_AFTER_S,
     MAX_LIST,
     BatchObject,
     CreateBatchRequest,
     DeletedFile,
+    ExpiresAfter,
     FileObject,
     ListPage,
     page,
@@ -37,8 +39,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
     "type": "object", "required": ["file", "purpose"], "properties": {
         "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": ["batch"]},
         "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
-        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000}}}}}}}
-CANCELLABLE = ("validating", "in_progress", "cancelling")
+        "expires_after[seconds]": {"type": "integer", "minimum": EXPIRES_AFTER_S[0],
+                                   "maximum": EXPIRES_AFTER_S[1]}}}}}}}
+CANCELLABLE = ("validating", "in_progress")
 NOT_STORING = "this server keeps no files: start it with --data-dir to use the Files and Batches APIs"
 UPLOAD_CHUNK = 1 << 20
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and the form's other fields, beyond the file itself
@@ -103,10 +106,11 @@ async def upload_file(request: Request, key: str = Depends(authenticate)) -> Fil
 def _expires_after(anchor, seconds) -> int | None:
     if anchor is None and seconds is None:
         return None
-    if anchor != "created_at" or not str(seconds).isdigit() or not 3600 <= int(seconds) <= 2592000:
-        raise APIError(400, "expires_after needs anchor 'created_at' and seconds from 3600 to 2592000",
-                       "expires_after")
-    return int(seconds)
+    try:
+        return ExpiresAfter(anchor=anchor, seconds=int(seconds)).seconds
+    except (TypeError, ValueError):  # pydantic's ValidationError is a ValueError
+        raise APIError(400, f"expires_after needs anchor 'created_at' and seconds from {EXPIRES_AFTER_S[0]} to "
+                            f"{EXPIRES_AFTER_S[1]}", "expires_after") from None
 
 
 async def list_files(request: Request, key: str = Depends(authenticate), purpose: str | None = None,
@@ -184,7 +188,8 @@ async def retrieve_batch(batch_id: str, request: Request, key: str = Depends(aut
 async def cancel_batch(batch_id: str, request: Request, key: str = Depends(authenticate)) -> BatchObject:
     """A running batch turns `cancelling` at once, and `cancelled` when its lines in flight have stopped."""
     batches, client = _state(request)
-    await _batch(request, key, batch_id)
+    if (batch := await _batch(request, key, batch_id))["status"] == "cancelling":
+        return BatchObject(**batch)  # asked again: nothing changes
     batch = await client.prepare(batches.store.update, batch_id, only_from=CANCELLABLE, status="cancelling",
                                  cancelling_at=int(time.time()))
     if batch["status"] != "cancelling":
